@@ -1,0 +1,174 @@
+//! What tests need to reach the local stack (`e2e/stack.sh`): the Kubernetes client and
+//! Kafka settings its `env` command exports, broker fault injection, bounded waiting.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::ClientConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StackError {
+    #[error(
+        "{0} is not set: bring the stack up with `e2e/stack.sh up`, then `eval \"$(e2e/stack.sh env)\"`"
+    )]
+    MissingEnv(&'static str),
+    #[error("could not read the pinned Kubernetes version from {path}: {reason}")]
+    PinnedVersion { path: PathBuf, reason: String },
+    #[error("`e2e/stack.sh {args}` failed ({status}): {stderr}")]
+    Command {
+        args: String,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+    #[error("could not run e2e/stack.sh: {0}")]
+    Spawn(#[from] std::io::Error),
+}
+
+/// Whether the tests run on the stack `e2e/stack.sh up` started here, or on a cluster and
+/// brokers the caller brought (`OMNINODE_STACK=external`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StackKind {
+    Local,
+    External,
+}
+
+#[derive(Debug, Clone)]
+pub struct Stack {
+    pub kafka_bootstrap_servers: String,
+    pub kind: StackKind,
+}
+
+impl Stack {
+    /// Reads the environment `eval "$(e2e/stack.sh env)"` sets up.
+    pub fn from_env() -> Result<Self, StackError> {
+        std::env::var_os("KUBECONFIG").ok_or(StackError::MissingEnv("KUBECONFIG"))?;
+        let kafka_bootstrap_servers = std::env::var("KAFKA_BOOTSTRAP_SERVERS")
+            .map_err(|_| StackError::MissingEnv("KAFKA_BOOTSTRAP_SERVERS"))?;
+        let kind = match std::env::var("OMNINODE_STACK").as_deref() {
+            Ok("external") => StackKind::External,
+            _ => StackKind::Local,
+        };
+        Ok(Self {
+            kafka_bootstrap_servers,
+            kind,
+        })
+    }
+
+    pub async fn kube_client(&self) -> kube::Client {
+        kube::Client::try_default()
+            .await
+            .expect("a Kubernetes client from KUBECONFIG")
+    }
+
+    /// librdkafka settings for this stack's brokers; callers add their own.
+    pub fn kafka_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.kafka_bootstrap_servers);
+        config
+    }
+
+    /// Stops one broker (1, 2 or 3) and waits until its process has exited.
+    pub fn kafka_stop(&self, broker: u8) -> Result<(), StackError> {
+        stack_command(&["kafka-stop", &broker.to_string()])
+    }
+
+    /// Starts one broker again and waits until it has registered with the cluster.
+    pub fn kafka_start(&self, broker: u8) -> Result<(), StackError> {
+        stack_command(&["kafka-start", &broker.to_string()])
+    }
+}
+
+fn stack_command(args: &[&str]) -> Result<(), StackError> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("stack.sh");
+    let output = Command::new("bash").arg(script).args(args).output()?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(StackError::Command {
+            args: args.join(" "),
+            status: output.status,
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        })
+    }
+}
+
+/// The Kubernetes release the local control plane is built from, as pinned in
+/// `e2e/k8s/go.mod` (for example `v1.36.3`).
+pub fn pinned_kubernetes_version() -> Result<String, StackError> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("k8s/go.mod");
+    let text = std::fs::read_to_string(&path).map_err(|e| StackError::PinnedVersion {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    text.lines()
+        .map(str::split_whitespace)
+        .find_map(|mut words| match (words.next(), words.next()) {
+            (Some("k8s.io/kubernetes"), Some(version)) => Some(version.to_owned()),
+            _ => None,
+        })
+        .ok_or(StackError::PinnedVersion {
+            path,
+            reason: "no `k8s.io/kubernetes vX.Y.Z` requirement".into(),
+        })
+}
+
+/// A name no other test run has used: a DNS label (lowercase, digits, dashes) that starts
+/// with `prefix`, so tests can share one cluster and one Kafka without colliding.
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!(
+        "{prefix}-{}-{:x}{}",
+        std::process::id(),
+        nanos,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Polls `probe` every 250 ms until it yields a value; panics naming `what` once `bound`
+/// has passed. Every wait in the tests is bounded through this.
+pub async fn eventually<T, F, Fut>(what: &str, bound: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        if started.elapsed() > bound {
+            panic!("timed out after {bound:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unique_names_are_dns_labels_and_differ() {
+        let a = unique_name("t");
+        let b = unique_name("t");
+        assert_ne!(a, b);
+        assert!(a.len() <= 63);
+        assert!(
+            a.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        );
+    }
+
+    #[test]
+    fn pinned_version_is_read_from_the_go_module() {
+        let version = pinned_kubernetes_version().unwrap();
+        assert!(version.starts_with("v1."), "{version}");
+    }
+}

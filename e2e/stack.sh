@@ -1,0 +1,639 @@
+#!/usr/bin/env bash
+# The local stack every test, benchmark and the demo runs on: etcd, kube-apiserver,
+# kube-controller-manager, kube-scheduler and kwok (fake nodes), plus three Apache Kafka
+# brokers in KRaft mode, all on 127.0.0.1 and all built from the package registries.
+#
+#   e2e/stack.sh up            build what is missing (cached), start everything, wait until ready
+#   e2e/stack.sh env           export lines: eval "$(e2e/stack.sh env)"
+#   e2e/stack.sh status        one line per component: up or down
+#   e2e/stack.sh down          stop what `up` started (by pid); keeps caches and run data
+#   e2e/stack.sh kafka-stop N  stop broker N (1..3), for fault tests
+#   e2e/stack.sh kafka-start N start broker N again and wait until it has rejoined
+#   e2e/stack.sh build         only build / fetch the components into the cache
+#
+# Builds are cached under ~/.cache/omninode-bridge/<component>-<version>/ (override with
+# OMNINODE_CACHE_DIR); run data, pids and logs live in one run directory, target/stack in
+# the repository (override with OMNINODE_RUN_DIR). Remove that directory for a fresh cluster.
+set -euo pipefail
+shopt -s nullglob
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+E2E=$REPO/e2e
+CACHE=${OMNINODE_CACHE_DIR:-$HOME/.cache/omninode-bridge}
+RUN=${OMNINODE_RUN_DIR:-$REPO/target/stack}
+
+# Versions: Kubernetes and etcd are pinned by their Go modules under e2e/, Kafka by its pom.
+K8S_VERSION=$(awk '$1 == "k8s.io/kubernetes" {sub(/^v/, "", $2); print $2; exit}' "$E2E/k8s/go.mod")
+ETCD_VERSION=$(awk '$1 == "go.etcd.io/etcd/server/v3" {sub(/^v/, "", $2); print $2; exit}' "$E2E/etcd/go.mod")
+KAFKA_VERSION=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$E2E/kafka/pom.xml")
+KWOK_VERSION=0.8.0
+HELM_VERSION=3.22.0
+
+K8S_DIR=$CACHE/kubernetes-$K8S_VERSION
+ETCD_DIR=$CACHE/etcd-$ETCD_VERSION
+KWOK_DIR=$CACHE/kwok-$KWOK_VERSION
+HELM_DIR=$CACHE/helm-$HELM_VERSION
+KAFKA_DIR=$CACHE/kafka-$KAFKA_VERSION
+
+# Ports, chosen away from the defaults so a developer's own cluster or broker is untouched.
+ETCD_PORT=12379
+ETCD_PEER_PORT=12380
+APISERVER_PORT=16443
+KCM_PORT=16257
+SCHEDULER_PORT=16259
+KWOK_PORT=16247
+KAFKA_BROKER_PORTS=(19092 19094 19096)
+KAFKA_CONTROLLER_PORTS=(19093 19095 19097)
+KAFKA_NODES=(1 2 3)
+# Pod IPs handed out by kwok: loopback, so anything that follows an EndpointSlice stays on
+# this machine. Service cluster IPs are only allocated, never routed to.
+POD_CIDR=127.1.0.0/16
+SERVICE_CIDR=10.96.0.0/16
+NODE_COUNT=2
+
+WAIT_SECONDS=${OMNINODE_WAIT_SECONDS:-120}
+
+log() { printf '%s stack: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { printf 'stack: error: %s\n' "$*" >&2; exit 1; }
+
+kafka_bootstrap() {
+  local IFS=,
+  local servers=()
+  for p in "${KAFKA_BROKER_PORTS[@]}"; do servers+=("127.0.0.1:$p"); done
+  echo "${servers[*]}"
+}
+
+# --- prerequisites -------------------------------------------------------------------
+
+require() { # command, Debian package that provides it
+  command -v "$1" >/dev/null 2>&1 || die "'$1' not found: install it (Debian: apt-get install $2)"
+}
+
+check_prerequisites() {
+  require go "golang (Go >= 1.26)"
+  require java "openjdk-17-jre-headless"
+  require mvn "maven"
+  require openssl "openssl"
+  require curl "curl"
+  require kcat "kcat"
+  local gov
+  gov=$(go env GOVERSION)
+  case $gov in
+    go1.2[6-9]* | go1.[3-9]*) ;;
+    *) die "Go $gov is too old: Kubernetes $K8S_VERSION needs Go >= 1.26" ;;
+  esac
+}
+
+# Kafka's operations guide asks for a high open-file limit and vm.max_map_count well above
+# the default 65530: every partition segment holds a file and two memory maps, and the
+# benchmarks create 10,000 topics.
+raise_limits() {
+  local hard
+  hard=$(ulimit -Hn)
+  ulimit -n "$hard" 2>/dev/null || true
+  if [ "$hard" != unlimited ] && [ "$hard" -lt 100000 ]; then
+    log "note: open-file limit is $hard (Kafka recommends >= 100000); raise the hard limit (ulimit -Hn / limits.conf) for very large topic counts"
+  fi
+  local maps
+  maps=$(cat /proc/sys/vm/max_map_count 2>/dev/null || echo 0)
+  if [ "$maps" -lt 262144 ]; then
+    if sysctl -qw vm.max_map_count=262144 2>/dev/null; then
+      log "raised vm.max_map_count from $maps to 262144"
+    else
+      log "note: vm.max_map_count is $maps; Kafka needs more for many partitions: sudo sysctl -w vm.max_map_count=262144"
+    fi
+  fi
+}
+
+# --- builds (cached by version) ------------------------------------------------------
+
+go_env() {
+  export CGO_ENABLED=0 GOFLAGS=-buildvcs=false
+}
+
+build_kubernetes() {
+  [ -x "$K8S_DIR/bin/kube-apiserver" ] && return 0
+  go_env
+  local minor=${K8S_VERSION#1.}
+  minor=${minor%%.*}
+  local v=k8s.io/component-base/version c=k8s.io/client-go/pkg/version
+  local ldflags="-s -w -X $v.gitVersion=v$K8S_VERSION -X $v.gitMajor=1 -X $v.gitMinor=$minor
+    -X $v.gitTreeState=clean -X $v.buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+    -X $c.gitVersion=v$K8S_VERSION -X $c.gitMajor=1 -X $c.gitMinor=$minor"
+  rm -rf "$K8S_DIR/bin.tmp" && mkdir -p "$K8S_DIR/bin.tmp"
+  (cd "$E2E/k8s" && go build -trimpath -ldflags "$ldflags" -o "$K8S_DIR/bin.tmp/" \
+    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
+  mv "$K8S_DIR/bin.tmp" "$K8S_DIR/bin"
+}
+
+build_etcd() {
+  [ -x "$ETCD_DIR/bin/etcd" ] && return 0
+  go_env
+  rm -rf "$ETCD_DIR/bin.tmp" && mkdir -p "$ETCD_DIR/bin.tmp"
+  (cd "$E2E/etcd" && go build -trimpath -ldflags "-s -w" -o "$ETCD_DIR/bin.tmp/etcd" go.etcd.io/etcd/server/v3)
+  mv "$ETCD_DIR/bin.tmp" "$ETCD_DIR/bin"
+}
+
+# kwok's module has no replace directives, so `go install` at a pinned version works. Its
+# Stage objects (what makes fake nodes and pods Ready) ship in the same module.
+build_kwok() {
+  [ -x "$KWOK_DIR/bin/kwok" ] && return 0
+  go_env
+  rm -rf "$KWOK_DIR/bin.tmp" && mkdir -p "$KWOK_DIR/bin.tmp"
+  GOBIN="$KWOK_DIR/bin.tmp" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@v$KWOK_VERSION"
+  local src
+  src=$(go mod download -json "sigs.k8s.io/kwok@v$KWOK_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  {
+    printf 'kind: KwokConfiguration\napiVersion: config.kwok.x-k8s.io/v1alpha1\noptions: {}\n'
+    for f in node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
+      pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
+      printf -- '---\n'
+      cat "$src/kustomize/stage/$f"
+    done
+  } > "$KWOK_DIR/bin.tmp/stages.yaml"
+  mv "$KWOK_DIR/bin.tmp" "$KWOK_DIR/bin"
+}
+
+build_helm() {
+  [ -x "$HELM_DIR/bin/helm" ] && return 0
+  go_env
+  local minor=${K8S_VERSION#1.}
+  minor=${minor%%.*}
+  rm -rf "$HELM_DIR/bin.tmp" && mkdir -p "$HELM_DIR/bin.tmp"
+  GOBIN="$HELM_DIR/bin.tmp" go install -trimpath -ldflags "-s -w
+    -X helm.sh/helm/v3/internal/version.version=v$HELM_VERSION
+    -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$minor" \
+    "helm.sh/helm/v3/cmd/helm@v$HELM_VERSION"
+  mv "$HELM_DIR/bin.tmp" "$HELM_DIR/bin"
+}
+
+fetch_kafka() {
+  [ -d "$KAFKA_DIR/libs" ] && return 0
+  rm -rf "$KAFKA_DIR/libs.tmp" && mkdir -p "$KAFKA_DIR"
+  mvn -B -q -f "$E2E/kafka/pom.xml" package -Dlibs.dir="$KAFKA_DIR/libs.tmp"
+  rm -rf "$E2E/kafka/target"
+  mv "$KAFKA_DIR/libs.tmp" "$KAFKA_DIR/libs"
+}
+
+# Builds run side by side; each writes a log, and a failure shows its tail.
+build_all() {
+  check_prerequisites
+  mkdir -p "$CACHE/logs"
+  local names=(kubernetes etcd kwok helm kafka) pids=() failed=0 started
+  started=$(date +%s)
+  for name in "${names[@]}"; do
+    local fn=build_$name
+    [ "$name" = kafka ] && fn=fetch_kafka
+    if is_built "$name"; then
+      pids+=("")
+      continue
+    fi
+    log "building $name (log: $CACHE/logs/$name.log)"
+    ("$fn" > "$CACHE/logs/$name.log" 2>&1) &
+    pids+=("$!")
+  done
+  for i in "${!names[@]}"; do
+    [ -z "${pids[$i]}" ] && continue
+    if wait "${pids[$i]}"; then
+      log "built ${names[$i]} ($(($(date +%s) - started)) s since the builds started)"
+    else
+      failed=1
+      printf 'stack: building %s failed; last lines of %s:\n' "${names[$i]}" "$CACHE/logs/${names[$i]}.log" >&2
+      tail -n 30 "$CACHE/logs/${names[$i]}.log" >&2
+    fi
+  done
+  [ "$failed" = 0 ] || die "a build failed (see above)"
+  link_bin
+}
+
+is_built() {
+  case $1 in
+    kubernetes) [ -x "$K8S_DIR/bin/kube-apiserver" ] ;;
+    etcd) [ -x "$ETCD_DIR/bin/etcd" ] ;;
+    kwok) [ -x "$KWOK_DIR/bin/kwok" ] ;;
+    helm) [ -x "$HELM_DIR/bin/helm" ] ;;
+    kafka) [ -d "$KAFKA_DIR/libs" ] ;;
+  esac
+}
+
+# The stack's bin/: the built binaries, kcat, and Kafka's own CLI tools from the same jars.
+link_bin() {
+  local bin=$RUN/bin
+  mkdir -p "$bin" "$RUN/kafka"
+  for b in kube-apiserver kube-controller-manager kube-scheduler kubectl; do ln -sf "$K8S_DIR/bin/$b" "$bin/$b"; done
+  ln -sf "$ETCD_DIR/bin/etcd" "$bin/etcd"
+  ln -sf "$KWOK_DIR/bin/kwok" "$bin/kwok"
+  ln -sf "$HELM_DIR/bin/helm" "$bin/helm"
+  ln -sf "$(command -v kcat)" "$bin/kcat"
+  cat > "$RUN/kafka/tools-log4j2.properties" <<'EOF'
+status = warn
+appender.err.type = Console
+appender.err.name = STDERR
+appender.err.target = SYSTEM_ERR
+appender.err.layout.type = PatternLayout
+appender.err.layout.pattern = %p %m (%c)%n
+rootLogger.level = WARN
+rootLogger.appenderRef.err.ref = STDERR
+EOF
+  local tool class
+  for tool in kafka-topics:org.apache.kafka.tools.TopicCommand \
+    kafka-configs:org.apache.kafka.tools.ConfigCommand \
+    kafka-consumer-groups:org.apache.kafka.tools.consumer.group.ConsumerGroupCommand \
+    kafka-console-producer:org.apache.kafka.tools.ConsoleProducer \
+    kafka-console-consumer:org.apache.kafka.tools.consumer.ConsoleConsumer \
+    kafka-storage:kafka.tools.StorageTool; do
+    class=${tool#*:}
+    cat > "$bin/${tool%%:*}" <<EOF
+#!/bin/sh
+# Kafka $KAFKA_VERSION CLI tool, run from the jars in $KAFKA_DIR/libs (written by e2e/stack.sh).
+exec java -Xmx512m -Dlog4j2.configurationFile="$RUN/kafka/tools-log4j2.properties" \\
+  -cp "$KAFKA_DIR/libs/*" $class "\$@"
+EOF
+    chmod +x "$bin/${tool%%:*}"
+  done
+}
+
+# --- processes -----------------------------------------------------------------------
+
+pid_file() { echo "$RUN/pids/$1.pid"; }
+
+is_running() {
+  local f
+  f=$(pid_file "$1")
+  [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null
+}
+
+# start NAME CMD...: runs CMD detached in its own session, logging to $RUN/logs/NAME.log.
+start() {
+  local name=$1
+  shift
+  if is_running "$name"; then
+    return 0
+  fi
+  mkdir -p "$RUN/pids" "$RUN/logs"
+  setsid "$@" >> "$RUN/logs/$name.log" 2>&1 < /dev/null &
+  echo $! > "$(pid_file "$name")"
+}
+
+stop() {
+  local name=$1 f pid
+  f=$(pid_file "$name")
+  [ -f "$f" ] || return 0
+  pid=$(cat "$f")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.2
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+      log "$name did not stop within 20 s of SIGTERM; killing it"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+  fi
+  rm -f "$f"
+}
+
+# wait_until NAME CHECK...: polls CHECK until it succeeds; on timeout or when the process
+# died, prints the tail of its log and fails.
+wait_until() {
+  local name=$1
+  shift
+  local deadline=$((SECONDS + WAIT_SECONDS))
+  until "$@" >/dev/null 2>&1; do
+    if ! is_running "$name"; then
+      fail_with_log "$name exited during startup"
+    fi
+    if [ $SECONDS -ge $deadline ]; then
+      fail_with_log "$name was not ready within $WAIT_SECONDS s"
+    fi
+    sleep 0.5
+  done
+}
+
+fail_with_log() {
+  local name=${1%% *}
+  printf 'stack: error: %s; last lines of %s:\n' "$1" "$RUN/logs/$name.log" >&2
+  tail -n 25 "$RUN/logs/$name.log" >&2 || true
+  exit 1
+}
+
+# --- Kubernetes control plane --------------------------------------------------------
+
+PKI=$RUN/pki
+
+make_pki() {
+  [ -f "$PKI/admin.crt" ] && return 0
+  mkdir -p "$PKI"
+  (
+    cd "$PKI"
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 3650 -subj /CN=omninode-bridge-e2e-ca
+    openssl req -newkey rsa:2048 -nodes -keyout apiserver.key -out apiserver.csr -subj /CN=kube-apiserver
+    printf 'subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\n' > apiserver.ext
+    openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out apiserver.crt -days 3650 -extfile apiserver.ext
+    # The admin identity (group system:masters) used by kubectl, the tests and the other components.
+    openssl req -newkey rsa:2048 -nodes -keyout admin.key -out admin.csr -subj "/O=system:masters/CN=omninode-admin"
+    openssl x509 -req -in admin.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out admin.crt -days 3650
+    openssl genrsa -out sa.key 2048
+    openssl rsa -in sa.key -pubout -out sa.pub
+    rm -f ./*.csr ./*.ext
+  ) > "$RUN/logs/pki.log" 2>&1 || fail_with_log "pki generation failed"
+  cat > "$RUN/kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: omninode-e2e
+  cluster:
+    server: https://127.0.0.1:$APISERVER_PORT
+    certificate-authority: $PKI/ca.crt
+users:
+- name: omninode-admin
+  user:
+    client-certificate: $PKI/admin.crt
+    client-key: $PKI/admin.key
+contexts:
+- name: omninode-e2e
+  context: {cluster: omninode-e2e, user: omninode-admin}
+current-context: omninode-e2e
+EOF
+}
+
+https_ok() { # url: succeeds when the endpoint answers 200 to the admin identity
+  curl -sf --max-time 3 --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" "$1"
+}
+
+start_etcd() {
+  start etcd "$ETCD_DIR/bin/etcd" --name=e2e --data-dir="$RUN/etcd" \
+    --listen-client-urls="http://127.0.0.1:$ETCD_PORT" --advertise-client-urls="http://127.0.0.1:$ETCD_PORT" \
+    --listen-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-cluster="e2e=http://127.0.0.1:$ETCD_PEER_PORT" --listen-metrics-urls="" \
+    --auto-compaction-retention=1 --quota-backend-bytes=4294967296 --unsafe-no-fsync=true
+}
+
+start_apiserver() {
+  start kube-apiserver "$K8S_DIR/bin/kube-apiserver" \
+    --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
+    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$APISERVER_PORT" \
+    --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
+    --client-ca-file="$PKI/ca.crt" --authorization-mode=Node,RBAC --allow-privileged=true \
+    --service-cluster-ip-range="$SERVICE_CIDR" --endpoint-reconciler-type=none \
+    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
+    --cert-dir="$RUN/kube-apiserver"
+}
+
+start_controller_manager() {
+  start kube-controller-manager "$K8S_DIR/bin/kube-controller-manager" \
+    --kubeconfig="$RUN/kubeconfig" --authentication-kubeconfig="$RUN/kubeconfig" \
+    --authorization-kubeconfig="$RUN/kubeconfig" --bind-address=127.0.0.1 --secure-port="$KCM_PORT" \
+    --cert-dir="$RUN/kube-controller-manager" --leader-elect=false \
+    --service-account-private-key-file="$PKI/sa.key" --root-ca-file="$PKI/ca.crt" \
+    --service-cluster-ip-range="$SERVICE_CIDR" --controllers='*'
+}
+
+start_scheduler() {
+  start kube-scheduler "$K8S_DIR/bin/kube-scheduler" \
+    --kubeconfig="$RUN/kubeconfig" --authentication-kubeconfig="$RUN/kubeconfig" \
+    --authorization-kubeconfig="$RUN/kubeconfig" --bind-address=127.0.0.1 --secure-port="$SCHEDULER_PORT" \
+    --cert-dir="$RUN/kube-scheduler" --leader-elect=false
+}
+
+start_kwok() {
+  start kwok "$KWOK_DIR/bin/kwok" --kubeconfig="$RUN/kubeconfig" --config="$KWOK_DIR/bin/stages.yaml" \
+    --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
+    --cidr="$POD_CIDR" --node-ip=127.0.0.1 --node-port="$KWOK_PORT" \
+    --server-address="127.0.0.1:$KWOK_PORT" --node-lease-duration-seconds=40
+}
+
+kubectl_() { "$K8S_DIR/bin/kubectl" --kubeconfig="$RUN/kubeconfig" --request-timeout=10s "$@"; }
+
+create_nodes() {
+  local i manifest=""
+  for i in $(seq 0 $((NODE_COUNT - 1))); do
+    manifest+="apiVersion: v1
+kind: Node
+metadata:
+  name: kwok-node-$i
+  annotations: {node.alpha.kubernetes.io/ttl: \"0\", kwok.x-k8s.io/node: fake}
+  labels: {kubernetes.io/arch: amd64, kubernetes.io/os: linux, kubernetes.io/hostname: kwok-node-$i, type: kwok}
+status:
+  allocatable: {cpu: \"32\", memory: 256Gi, pods: \"110\"}
+  capacity: {cpu: \"32\", memory: 256Gi, pods: \"110\"}
+  nodeInfo: {architecture: amd64, kubeletVersion: fake, kubeProxyVersion: fake, operatingSystem: linux}
+  phase: Running
+---
+"
+  done
+  printf '%s' "$manifest" | kubectl_ apply -f - > /dev/null
+}
+
+nodes_ready() {
+  [ "$(kubectl_ get nodes -l type=kwok -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c True)" -ge "$NODE_COUNT" ]
+}
+
+# --- Kafka ---------------------------------------------------------------------------
+
+kafka_node_config() { # node id
+  local n=$1 i=$(($1 - 1)) voters=() j
+  for j in "${!KAFKA_NODES[@]}"; do voters+=("${KAFKA_NODES[$j]}@127.0.0.1:${KAFKA_CONTROLLER_PORTS[$j]}"); done
+  local IFS=,
+  cat <<EOF
+process.roles=broker,controller
+node.id=$n
+controller.quorum.voters=${voters[*]}
+listeners=PLAINTEXT://127.0.0.1:${KAFKA_BROKER_PORTS[$i]},CONTROLLER://127.0.0.1:${KAFKA_CONTROLLER_PORTS[$i]}
+advertised.listeners=PLAINTEXT://127.0.0.1:${KAFKA_BROKER_PORTS[$i]}
+inter.broker.listener.name=PLAINTEXT
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$RUN/kafka/data-$n
+num.partitions=1
+default.replication.factor=3
+min.insync.replicas=2
+offsets.topic.replication.factor=3
+transaction.state.log.replication.factor=3
+transaction.state.log.min.isr=2
+share.coordinator.state.topic.replication.factor=3
+share.coordinator.state.topic.min.isr=2
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=false
+num.network.threads=2
+num.io.threads=4
+EOF
+}
+
+prepare_kafka() {
+  mkdir -p "$RUN/kafka"
+  cat > "$RUN/kafka/log4j2.properties" <<'EOF'
+status = warn
+appender.file.type = File
+appender.file.name = FILE
+appender.file.fileName = ${sys:kafka.logs.dir}/server.log
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = FILE
+logger.state.name = state.change.logger
+logger.state.level = WARN
+logger.request.name = kafka.request.logger
+logger.request.level = WARN
+EOF
+  [ -f "$RUN/kafka/cluster-id" ] ||
+    java -cp "$KAFKA_DIR/libs/*" kafka.tools.StorageTool random-uuid > "$RUN/kafka/cluster-id"
+  local n
+  for n in "${KAFKA_NODES[@]}"; do
+    kafka_node_config "$n" > "$RUN/kafka/node-$n.properties"
+    if [ ! -f "$RUN/kafka/data-$n/meta.properties" ]; then
+      java -cp "$KAFKA_DIR/libs/*" -Dlog4j2.configurationFile="$RUN/kafka/tools-log4j2.properties" \
+        kafka.tools.StorageTool format -t "$(cat "$RUN/kafka/cluster-id")" -c "$RUN/kafka/node-$n.properties" \
+        >> "$RUN/logs/kafka-$n.log" 2>&1 || fail_with_log "kafka-$n storage format failed"
+    fi
+  done
+}
+
+start_kafka() { # node id
+  local n=$1
+  mkdir -p "$RUN/kafka/logs-$n"
+  start "kafka-$n" java -Xms256m -Xmx1g -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+    -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$RUN/kafka/log4j2.properties" -Dkafka.logs.dir="$RUN/kafka/logs-$n" \
+    -cp "$KAFKA_DIR/libs/*" kafka.Kafka "$RUN/kafka/node-$n.properties"
+}
+
+kafka_brokers_registered() { # count: the cluster metadata lists at least that many brokers
+  [ "$(kcat -b "$(kafka_bootstrap)" -L -m 3 2>/dev/null | sed -n 's/^ *\([0-9]*\) brokers:$/\1/p')" -ge "$1" ]
+}
+
+kafka_broker_in_metadata() { # node id
+  kcat -b "$(kafka_bootstrap)" -L -m 3 2>/dev/null | grep -q "broker $1 at 127.0.0.1:"
+}
+
+# --- external cluster ----------------------------------------------------------------
+
+# When the caller already points at a reachable cluster and Kafka (their kind/k3d and their
+# brokers), the stack uses those and builds nothing.
+external_stack_reachable() {
+  [ -n "${KUBECONFIG:-}" ] && [ -n "${KAFKA_BOOTSTRAP_SERVERS:-}" ] || return 1
+  [ "$KUBECONFIG" != "$RUN/kubeconfig" ] || return 1
+  command -v kubectl >/dev/null && kubectl --request-timeout=5s get --raw /readyz >/dev/null 2>&1 || return 1
+  kcat -b "$KAFKA_BOOTSTRAP_SERVERS" -L -m 5 >/dev/null 2>&1
+}
+
+# --- commands ------------------------------------------------------------------------
+
+cmd_up() {
+  if external_stack_reachable; then
+    mkdir -p "$RUN"
+    printf 'export KUBECONFIG=%q\nexport KAFKA_BOOTSTRAP_SERVERS=%q\nexport OMNINODE_STACK=external\n' \
+      "$KUBECONFIG" "$KAFKA_BOOTSTRAP_SERVERS" > "$RUN/external.env"
+    log "using the cluster in KUBECONFIG=$KUBECONFIG and Kafka at $KAFKA_BOOTSTRAP_SERVERS; nothing built or started"
+    return 0
+  fi
+  rm -f "$RUN/external.env"
+  local t0=$SECONDS
+  build_all
+  mkdir -p "$RUN/logs" "$RUN/pids"
+  raise_limits
+
+  # Kafka's JVMs start slowest, so they go first and come up while the control plane does.
+  prepare_kafka
+  local n
+  for n in "${KAFKA_NODES[@]}"; do start_kafka "$n"; done
+
+  make_pki
+  start_etcd
+  wait_until etcd curl -sf --max-time 2 "http://127.0.0.1:$ETCD_PORT/health"
+  start_apiserver
+  wait_until kube-apiserver https_ok "https://127.0.0.1:$APISERVER_PORT/readyz"
+  start_controller_manager
+  start_scheduler
+  start_kwok
+  wait_until kube-controller-manager curl -skf --max-time 2 "https://127.0.0.1:$KCM_PORT/healthz"
+  wait_until kube-scheduler curl -skf --max-time 2 "https://127.0.0.1:$SCHEDULER_PORT/healthz"
+  create_nodes
+  wait_until kwok nodes_ready
+  # The default ServiceAccount is what lets Pods be admitted in a namespace.
+  wait_until kube-controller-manager kubectl_ get serviceaccount default -n default
+
+  for n in "${KAFKA_NODES[@]}"; do wait_until "kafka-$n" kafka_broker_in_metadata "$n"; done
+  wait_until kafka-1 kafka_brokers_registered "${#KAFKA_NODES[@]}"
+  log "stack up in $((SECONDS - t0)) s: Kubernetes v$K8S_VERSION at https://127.0.0.1:$APISERVER_PORT, Kafka $KAFKA_VERSION at $(kafka_bootstrap)"
+  log "use it with: eval \"\$(e2e/stack.sh env)\""
+}
+
+cmd_env() {
+  if [ -f "$RUN/external.env" ]; then
+    cat "$RUN/external.env"
+  else
+    printf 'export KUBECONFIG=%q\nexport KAFKA_BOOTSTRAP_SERVERS=%q\nexport OMNINODE_STACK=local\n' \
+      "$RUN/kubeconfig" "$(kafka_bootstrap)"
+  fi
+  printf 'export PATH=%q:"$PATH"\n' "$RUN/bin"
+}
+
+component_up() {
+  case $1 in
+    etcd) curl -sf --max-time 2 "http://127.0.0.1:$ETCD_PORT/health" ;;
+    kube-apiserver) https_ok "https://127.0.0.1:$APISERVER_PORT/readyz" ;;
+    kube-controller-manager) curl -skf --max-time 2 "https://127.0.0.1:$KCM_PORT/healthz" ;;
+    kube-scheduler) curl -skf --max-time 2 "https://127.0.0.1:$SCHEDULER_PORT/healthz" ;;
+    kwok) is_running kwok && nodes_ready ;;
+    kafka-*) is_running "$1" && kafka_broker_in_metadata "${1#kafka-}" ;;
+  esac
+}
+
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok kafka-1 kafka-2 kafka-3)
+
+cmd_status() {
+  local c all=0
+  for c in "${COMPONENTS[@]}"; do
+    if component_up "$c" >/dev/null 2>&1; then
+      printf '%-24s up\n' "$c"
+    else
+      printf '%-24s down\n' "$c"
+      all=1
+    fi
+  done
+  return $all
+}
+
+cmd_down() {
+  local i
+  for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do stop "${COMPONENTS[$i]}"; done
+  log "stopped; caches in $CACHE and run data in $RUN are kept"
+}
+
+broker_arg() {
+  case ${1:-} in
+    1 | 2 | 3) ;;
+    *) die "name a broker: 1, 2 or 3" ;;
+  esac
+}
+
+cmd_kafka_stop() {
+  broker_arg "${1:-}"
+  stop "kafka-$1"
+  log "kafka-$1 stopped"
+}
+
+cmd_kafka_start() {
+  broker_arg "${1:-}"
+  start_kafka "$1"
+  wait_until "kafka-$1" kafka_broker_in_metadata "$1"
+  log "kafka-$1 started and registered"
+}
+
+case ${1:-} in
+  up) cmd_up ;;
+  env) cmd_env ;;
+  status) cmd_status ;;
+  down) cmd_down ;;
+  build) build_all ;;
+  kafka-stop) cmd_kafka_stop "${2:-}" ;;
+  kafka-start) cmd_kafka_start "${2:-}" ;;
+  *)
+    sed -n '6,12p' "$0" | sed 's/^# \{0,1\}//' >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,287 @@
+//! The local control plane is a real one: version, storage, controllers, scheduling onto
+//! kwok nodes, garbage collection, CEL admission and RBAC all behave as in a cluster.
+
+use std::time::Duration;
+
+use bridge_e2e::{Stack, StackKind, eventually, pinned_kubernetes_version, unique_name};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+
+const BOUND: Duration = Duration::from_secs(60);
+
+async fn client() -> Client {
+    Stack::from_env().unwrap().kube_client().await
+}
+
+/// A namespace of the test's own, deleted when the test ends.
+struct TestNamespace {
+    name: String,
+    client: Client,
+}
+
+impl TestNamespace {
+    async fn create(client: &Client, prefix: &str) -> Self {
+        let name = unique_name(prefix);
+        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("namespace created");
+        // Pods are only admitted once the controller manager made the default ServiceAccount.
+        let sas = Api::<ServiceAccount>::namespaced(client.clone(), &name);
+        eventually("the default ServiceAccount", BOUND, || async {
+            sas.get_opt("default").await.ok().flatten()
+        })
+        .await;
+        Self {
+            name,
+            client: client.clone(),
+        }
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let api = Api::<Namespace>::all(self.client.clone());
+        let name = self.name.clone();
+        // Best effort: the namespace controller finishes the deletion in the background.
+        tokio::spawn(async move { api.delete(&name, &DeleteParams::default()).await });
+    }
+}
+
+fn api_error_code(result: Result<impl std::fmt::Debug, kube::Error>) -> (u16, String) {
+    match result {
+        Err(kube::Error::Api(status)) => (status.code, status.message),
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn api_server_reports_the_pinned_kubernetes_version() {
+    let stack = Stack::from_env().unwrap();
+    let info = stack.kube_client().await.apiserver_version().await.unwrap();
+    if stack.kind == StackKind::External {
+        eprintln!("external cluster reports {}; pinned version not checked", info.git_version);
+        return;
+    }
+    let pinned = pinned_kubernetes_version().unwrap();
+    assert_eq!(info.git_version, pinned);
+    assert_eq!(format!("v{}.{}", info.major, info.minor), pinned.rsplit_once('.').unwrap().0);
+}
+
+#[tokio::test]
+async fn namespace_and_configmap_are_stored_and_read_back() {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "e2e-cm").await;
+    let cm: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "settings"},
+        "data": {"retention": "30d"}
+    }))
+    .unwrap();
+    ns.api::<ConfigMap>()
+        .create(&PostParams::default(), &cm)
+        .await
+        .unwrap();
+    let read = ns.api::<ConfigMap>().get("settings").await.unwrap();
+    assert_eq!(read.data.unwrap()["retention"], "30d");
+}
+
+#[tokio::test]
+async fn deployment_pods_run_on_kwok_nodes_and_are_garbage_collected() {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "e2e-deploy").await;
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "web", "image": "omninode/placeholder:1"}]}
+            }
+        }
+    }))
+    .unwrap();
+    let deployments = ns.api::<Deployment>();
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await
+        .unwrap();
+
+    eventually("2 ready replicas", BOUND, || async {
+        let d = deployments.get("web").await.ok()?;
+        (d.status?.ready_replicas? == 2).then_some(())
+    })
+    .await;
+    let pods = ns.api::<Pod>().list(&ListParams::default()).await.unwrap();
+    assert_eq!(pods.items.len(), 2);
+    for pod in &pods.items {
+        let node = pod.spec.as_ref().unwrap().node_name.clone().unwrap();
+        assert!(node.starts_with("kwok-node-"), "scheduled to {node}");
+        let ip = pod.status.as_ref().unwrap().pod_ip.clone().unwrap();
+        assert!(ip.starts_with("127."), "pod IP {ip} is outside loopback");
+    }
+
+    deployments
+        .delete("web", &DeleteParams::background())
+        .await
+        .unwrap();
+    let replica_sets = ns.api::<ReplicaSet>();
+    let pod_api = ns.api::<Pod>();
+    eventually("ReplicaSets and Pods garbage-collected", BOUND, || async {
+        let rs = replica_sets.list(&ListParams::default()).await.ok()?;
+        let pods = pod_api.list(&ListParams::default()).await.ok()?;
+        (rs.items.is_empty() && pods.items.is_empty()).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn crd_cel_rule_refuses_an_invalid_object_with_its_message() {
+    let client = client().await;
+    let group = "e2e.omninode.io";
+    // A plural of the test's own, so runs against one cluster never share a CRD.
+    let plural = unique_name("widgets").replace('-', "");
+    let crd: CustomResourceDefinition = serde_json::from_value(json!({
+        "metadata": {"name": format!("{plural}.{group}")},
+        "spec": {
+            "group": group,
+            "scope": "Namespaced",
+            "names": {"plural": plural, "singular": format!("{plural}s"), "kind": "Widget", "listKind": "WidgetList"},
+            "versions": [{
+                "name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "properties": {"spec": {
+                        "type": "object",
+                        "properties": {
+                            "minReplicas": {"type": "integer"},
+                            "maxReplicas": {"type": "integer"}
+                        },
+                        "x-kubernetes-validations": [{
+                            "rule": "self.minReplicas <= self.maxReplicas",
+                            "message": "minReplicas must not exceed maxReplicas"
+                        }]
+                    }}
+                }}
+            }]
+        }
+    }))
+    .unwrap();
+    let crds = Api::<CustomResourceDefinition>::all(client.clone());
+    crds.create(&PostParams::default(), &crd).await.unwrap();
+    let name = crd.metadata.name.clone().unwrap();
+    eventually("the CRD to be Established", BOUND, || async {
+        let crd = crds.get(&name).await.ok()?;
+        let established = crd
+            .status?
+            .conditions?
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True");
+        established.then_some(())
+    })
+    .await;
+
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(group, "v1", "Widget"),
+        &plural,
+    );
+    let widgets = Api::<DynamicObject>::namespaced_with(client.clone(), "default", &resource);
+    let widget = |name: &str, min: i64, max: i64| {
+        DynamicObject::new(name, &resource)
+            .data(json!({"spec": {"minReplicas": min, "maxReplicas": max}}))
+    };
+    // Discovery of a new CRD takes a moment; the valid object is accepted once it is served.
+    eventually("a valid Widget to be accepted", BOUND, || async {
+        widgets
+            .create(&PostParams::default(), &widget("valid", 1, 3))
+            .await
+            .ok()
+    })
+    .await;
+    let (code, message) =
+        api_error_code(widgets.create(&PostParams::default(), &widget("invalid", 5, 2)).await);
+    assert_eq!(code, 422);
+    assert!(
+        message.contains("minReplicas must not exceed maxReplicas"),
+        "{message}"
+    );
+
+    crds.delete(&name, &DeleteParams::default()).await.unwrap();
+}
+
+#[tokio::test]
+async fn rbac_refuses_a_service_account_without_rights() {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "e2e-rbac").await;
+    let sa: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "reader"}})).unwrap();
+    ns.api::<ServiceAccount>()
+        .create(&PostParams::default(), &sa)
+        .await
+        .unwrap();
+    let request: TokenRequest = serde_json::from_value(json!({
+        "spec": {"audiences": [], "expirationSeconds": 600}
+    }))
+    .unwrap();
+    let token = ns
+        .api::<ServiceAccount>()
+        .create_token_request("reader", &PostParams::default(), &request)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token;
+    let mut config = kube::Config::infer().await.unwrap();
+    config.auth_info = kube::config::AuthInfo {
+        token: Some(token.into()),
+        ..Default::default()
+    };
+    let as_reader = Client::try_from(config).unwrap();
+    let reader_configmaps = Api::<ConfigMap>::namespaced(as_reader.clone(), &ns.name);
+    let reader_secrets = Api::<Secret>::namespaced(as_reader.clone(), &ns.name);
+
+    let (code, _) = api_error_code(reader_configmaps.list(&ListParams::default()).await);
+    assert_eq!(code, 403, "a ServiceAccount with no role may not list");
+
+    // Granting exactly one verb on one kind lets that through and nothing else.
+    let role: Role = serde_json::from_value(json!({
+        "metadata": {"name": "configmap-reader"},
+        "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list"]}]
+    }))
+    .unwrap();
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "configmap-reader"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "configmap-reader"},
+        "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": ns.name}]
+    }))
+    .unwrap();
+    ns.api::<Role>()
+        .create(&PostParams::default(), &role)
+        .await
+        .unwrap();
+    ns.api::<RoleBinding>()
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    eventually("the granted list to be allowed", BOUND, || async {
+        reader_configmaps.list(&ListParams::default()).await.ok()
+    })
+    .await;
+    let (code, _) = api_error_code(reader_secrets.list(&ListParams::default()).await);
+    assert_eq!(code, 403, "the role grants configmaps only");
+}

@@ -144,8 +144,8 @@ build_kwok() {
   GOBIN="$KWOK_DIR/bin.tmp" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@v$KWOK_VERSION"
   local src
   src=$(go mod download -json "sigs.k8s.io/kwok@v$KWOK_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  # Only Stage documents: a KwokConfiguration document here would replace kwok's defaults.
   {
-    printf 'kind: KwokConfiguration\napiVersion: config.kwok.x-k8s.io/v1alpha1\noptions: {}\n'
     for f in node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
       pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
       printf -- '---\n'
@@ -276,23 +276,29 @@ start() {
   echo $! > "$(pid_file "$name")"
 }
 
+# stop NAME...: SIGTERM to all at once, then up to 20 s for them to exit, then SIGKILL.
+# Kafka brokers go down together: one by one, the last would wait for a controller quorum
+# that has already gone.
 stop() {
-  local name=$1 f pid
-  f=$(pid_file "$name")
-  [ -f "$f" ] || return 0
-  pid=$(cat "$f")
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 100); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.2
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-      log "$name did not stop within 20 s of SIGTERM; killing it"
-      kill -KILL "$pid" 2>/dev/null || true
+  local name f pids=() names=()
+  for name in "$@"; do
+    f=$(pid_file "$name")
+    [ -f "$f" ] || continue
+    if kill -0 "$(cat "$f")" 2>/dev/null; then
+      kill -TERM "$(cat "$f")" 2>/dev/null || true
+      pids+=("$(cat "$f")")
+      names+=("$name")
     fi
-  fi
-  rm -f "$f"
+    rm -f "$f"
+  done
+  local i deadline=$((SECONDS + 20))
+  for i in "${!pids[@]}"; do
+    while kill -0 "${pids[$i]}" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.2; done
+    if kill -0 "${pids[$i]}" 2>/dev/null; then
+      log "${names[$i]} did not stop within 20 s of SIGTERM; killing it"
+      kill -KILL "${pids[$i]}" 2>/dev/null || true
+    fi
+  done
 }
 
 # wait_until NAME CHECK...: polls CHECK until it succeeds; on timeout or when the process
@@ -330,11 +336,17 @@ make_pki() {
     cd "$PKI"
     openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 3650 -subj /CN=omninode-bridge-e2e-ca
     openssl req -newkey rsa:2048 -nodes -keyout apiserver.key -out apiserver.csr -subj /CN=kube-apiserver
-    printf 'subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\n' > apiserver.ext
+    # X.509 v3 with key usages: rustls (kube-rs) refuses v1 certificates.
+    printf '%s\n' 'basicConstraints=CA:FALSE' 'keyUsage=critical,digitalSignature,keyEncipherment' \
+      'extendedKeyUsage=serverAuth' \
+      'subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local' \
+      > apiserver.ext
     openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out apiserver.crt -days 3650 -extfile apiserver.ext
     # The admin identity (group system:masters) used by kubectl, the tests and the other components.
+    printf '%s\n' 'basicConstraints=CA:FALSE' 'keyUsage=critical,digitalSignature,keyEncipherment' \
+      'extendedKeyUsage=clientAuth' > admin.ext
     openssl req -newkey rsa:2048 -nodes -keyout admin.key -out admin.csr -subj "/O=system:masters/CN=omninode-admin"
-    openssl x509 -req -in admin.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out admin.crt -days 3650
+    openssl x509 -req -in admin.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out admin.crt -days 3650 -extfile admin.ext
     openssl genrsa -out sa.key 2048
     openssl rsa -in sa.key -pubout -out sa.pub
     rm -f ./*.csr ./*.ext
@@ -599,8 +611,11 @@ cmd_status() {
 }
 
 cmd_down() {
-  local i
-  for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do stop "${COMPONENTS[$i]}"; done
+  stop kafka-1 kafka-2 kafka-3
+  stop kwok
+  stop kube-scheduler kube-controller-manager
+  stop kube-apiserver
+  stop etcd
   log "stopped; caches in $CACHE and run data in $RUN are kept"
 }
 

@@ -34,10 +34,7 @@ async fn topic_created_with_replication_factor_3_has_3_replicas_per_partition() 
     let stack = Stack::from_env().unwrap();
     let topic = create_topic(&stack, 3).await;
     let admin: AdminClient<DefaultClientContext> = stack.kafka_config().create().unwrap();
-    let metadata = admin
-        .inner()
-        .fetch_metadata(Some(&topic), TIMEOUT)
-        .unwrap();
+    let metadata = admin.inner().fetch_metadata(Some(&topic), TIMEOUT).unwrap();
     assert_eq!(metadata.brokers().len(), 3);
     let described = &metadata.topics()[0];
     assert_eq!(described.partitions().len(), 3);
@@ -65,11 +62,11 @@ async fn ten_thousand_idempotent_acks_all_records_are_consumed_back_exactly() {
     let payloads: Vec<String> = (0..RECORDS).map(|i| format!("record-{i}")).collect();
     let deliveries = payloads.iter().enumerate().map(|(i, payload)| {
         let key = format!("key-{}", i % 100);
-        let producer = &producer;
+        let (producer, topic) = (&producer, &topic);
         async move {
             producer
                 .send(
-                    FutureRecord::to(&topic).key(&key).payload(payload),
+                    FutureRecord::to(topic).key(&key).payload(payload),
                     Timeout::After(TIMEOUT),
                 )
                 .await

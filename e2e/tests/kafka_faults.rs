@@ -49,7 +49,11 @@ async fn acks_all_survives_one_broker_down_and_fails_in_bounded_time_with_two_do
     let topic = unique_name("e2e-faults");
     admin
         .create_topics(
-            &[NewTopic::new(&topic, PARTITIONS, TopicReplication::Fixed(3))],
+            &[NewTopic::new(
+                &topic,
+                PARTITIONS,
+                TopicReplication::Fixed(3),
+            )],
             &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
         )
         .await
@@ -60,11 +64,16 @@ async fn acks_all_survives_one_broker_down_and_fails_in_bounded_time_with_two_do
         .kafka_config()
         .set("acks", "all")
         .set("enable.idempotence", "true")
-        .set("message.timeout.ms", MESSAGE_TIMEOUT.as_millis().to_string())
+        .set(
+            "message.timeout.ms",
+            MESSAGE_TIMEOUT.as_millis().to_string(),
+        )
         .set("request.timeout.ms", "5000")
         .create()
         .unwrap();
-    produce(&producer, &topic, 50).await.expect("all brokers up");
+    produce(&producer, &topic, 50)
+        .await
+        .expect("all brokers up");
 
     stack.kafka_stop(3).unwrap();
     produce(&producer, &topic, 50)

@@ -9,7 +9,9 @@ use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, PostParams};
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, PostParams,
+};
 use kube::{Api, Client};
 use serde_json::json;
 
@@ -75,12 +77,18 @@ async fn api_server_reports_the_pinned_kubernetes_version() {
     let stack = Stack::from_env().unwrap();
     let info = stack.kube_client().await.apiserver_version().await.unwrap();
     if stack.kind == StackKind::External {
-        eprintln!("external cluster reports {}; pinned version not checked", info.git_version);
+        eprintln!(
+            "external cluster reports {}; pinned version not checked",
+            info.git_version
+        );
         return;
     }
     let pinned = pinned_kubernetes_version().unwrap();
     assert_eq!(info.git_version, pinned);
-    assert_eq!(format!("v{}.{}", info.major, info.minor), pinned.rsplit_once('.').unwrap().0);
+    assert_eq!(
+        format!("v{}.{}", info.major, info.minor),
+        pinned.rsplit_once('.').unwrap().0
+    );
 }
 
 #[tokio::test]
@@ -196,10 +204,8 @@ async fn crd_cel_rule_refuses_an_invalid_object_with_its_message() {
     })
     .await;
 
-    let resource = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk(group, "v1", "Widget"),
-        &plural,
-    );
+    let resource =
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, "v1", "Widget"), &plural);
     let widgets = Api::<DynamicObject>::namespaced_with(client.clone(), "default", &resource);
     let widget = |name: &str, min: i64, max: i64| {
         DynamicObject::new(name, &resource)
@@ -213,8 +219,11 @@ async fn crd_cel_rule_refuses_an_invalid_object_with_its_message() {
             .ok()
     })
     .await;
-    let (code, message) =
-        api_error_code(widgets.create(&PostParams::default(), &widget("invalid", 5, 2)).await);
+    let (code, message) = api_error_code(
+        widgets
+            .create(&PostParams::default(), &widget("invalid", 5, 2))
+            .await,
+    );
     assert_eq!(code, 422);
     assert!(
         message.contains("minReplicas must not exceed maxReplicas"),
@@ -248,7 +257,7 @@ async fn rbac_refuses_a_service_account_without_rights() {
         .token;
     let mut config = kube::Config::infer().await.unwrap();
     config.auth_info = kube::config::AuthInfo {
-        token: Some(token.into()),
+        token: Some(token.expect("the token request returns a token").into()),
         ..Default::default()
     };
     let as_reader = Client::try_from(config).unwrap();

@@ -1,0 +1,9 @@
+//! bridge-operator: reconciles EventTopic objects into Kafka topics (and, later, the
+//! EventConsumer and WebhookIngress workloads). The binary in `main.rs` wires these together.
+
+pub mod audit;
+pub mod conditions;
+pub mod kafka_admin;
+pub mod metrics;
+pub mod topic_controller;
+pub mod topic_plan;

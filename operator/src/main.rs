@@ -1,0 +1,293 @@
+//! The bridge-operator binary: flags, the startup checks, leader election, the controllers
+//! and the admin server, and a graceful stop on SIGTERM.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bridge_api::EventTopic;
+use bridge_operator::audit::AuditLog;
+use bridge_operator::kafka_admin::TopicAdmin;
+use bridge_operator::metrics::Metrics;
+use bridge_operator::topic_controller::{self, Context};
+use bridge_runtime::{Readiness, init_tracing, serve_admin, shutdown_signal};
+use clap::Parser;
+use futures::StreamExt;
+use futures::stream::select_all;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client};
+use kube_lease_manager::LeaseManagerBuilder;
+use prometheus_client::registry::Registry;
+use rdkafka::ClientConfig;
+use tokio::sync::watch;
+
+#[derive(Parser, Debug)]
+#[command(version, about = "Reconciles EventTopic objects into Kafka topics")]
+struct Args {
+    /// Kafka brokers, comma-separated host:port.
+    #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS")]
+    kafka_bootstrap_servers: String,
+
+    /// A YAML map of librdkafka properties (TLS, SASL, ...) added to every Kafka client.
+    #[arg(long, env = "KAFKA_PROPERTIES_FILE")]
+    kafka_properties: Option<PathBuf>,
+
+    /// Namespaces to watch, comma-separated; all namespaces when unset.
+    #[arg(long, env = "WATCH_NAMESPACES", value_delimiter = ',')]
+    watch_namespaces: Vec<String>,
+
+    /// How often each object is checked against Kafka even when nothing changed (drift
+    /// correction), jittered by ±10 %. A duration such as 5m, 30s.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    resync_interval: Duration,
+
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    admin_listen: SocketAddr,
+
+    /// Namespace of the leader-election Lease; defaults to the Pod's namespace, else `default`.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    leader_election_namespace: String,
+
+    /// This replica's identity in the Lease; defaults to the Pod (host) name.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    bridge_api::duration::parse_duration(text).map_err(|e| e.to_string())
+}
+
+const LEASE_NAME: &str = "bridge-operator";
+const CRDS: [&str; 1] = ["eventtopics.bridge.omninode.io"];
+
+#[derive(Debug, thiserror::Error)]
+enum StartupError {
+    #[error("no Kubernetes client: {0} (set KUBECONFIG, or run in a cluster)")]
+    Client(#[source] kube::Error),
+    #[error(
+        "the CRD {0} is not installed: apply it first with `kubectl apply --server-side -f crds/` (or install the Helm chart)"
+    )]
+    CrdMissing(&'static str),
+    #[error(
+        "the CRD {0} exists but is not Established yet ({1}); check `kubectl describe crd {0}`"
+    )]
+    CrdNotEstablished(&'static str, String),
+    #[error("checking the CRD {0} failed: {1}")]
+    CrdCheck(&'static str, #[source] kube::Error),
+    #[error("reading --kafka-properties {0}: {1}")]
+    KafkaProperties(PathBuf, String),
+    #[error("creating the Kafka client failed: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("leader election failed: {0}")]
+    LeaderElection(String),
+    #[error("the admin server failed: {0}")]
+    AdminServer(#[from] std::io::Error),
+}
+
+#[tokio::main]
+async fn main() {
+    init_tracing();
+    if let Err(error) = run(Args::parse()).await {
+        tracing::error!("{error}");
+        eprintln!("bridge-operator: {error}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: Args) -> Result<(), StartupError> {
+    let client = Client::try_default().await.map_err(StartupError::Client)?;
+    check_crds(&client).await?;
+
+    let mut kafka = ClientConfig::new();
+    kafka.set("bootstrap.servers", &args.kafka_bootstrap_servers);
+    for (key, value) in kafka_properties(args.kafka_properties.as_deref())? {
+        kafka.set(key, value);
+    }
+
+    let mut registry = Registry::with_prefix("bridge_operator");
+    let metrics = Arc::new(Metrics::register(&mut registry));
+    let readiness = Readiness::new("waiting for the leader-election lease");
+    let (stop, stopped) = watch::channel(false);
+    let admin_server = serve_admin(
+        args.admin_listen,
+        Arc::new(registry),
+        readiness.clone(),
+        wait_for(stopped.clone()),
+    )
+    .await?;
+    let admin_task = tokio::spawn(admin_server);
+
+    let identity = args
+        .identity
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("bridge-operator-{}", std::process::id()));
+    let lease = LeaseManagerBuilder::new(client.clone(), LEASE_NAME)
+        .with_namespace(&args.leader_election_namespace)
+        .with_identity(&identity)
+        .build()
+        .await
+        .map_err(|e| StartupError::LeaderElection(e.to_string()))?;
+    let (mut leading, lease_task) = lease.watch().await;
+
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            shutdown_signal().await;
+            let _ = stop.send(true);
+        }
+    });
+
+    tracing::info!(%identity, lease = LEASE_NAME, namespace = %args.leader_election_namespace, "waiting to lead");
+    let mut stopped_rx = stopped.clone();
+    loop {
+        if *leading.borrow_and_update() {
+            break;
+        }
+        tokio::select! {
+            changed = leading.changed() => {
+                if changed.is_err() {
+                    return Err(StartupError::LeaderElection("the lease task ended".into()));
+                }
+            }
+            _ = stopped_rx.changed() => {
+                drop(leading);
+                let _ = lease_task.await;
+                let _ = admin_task.await;
+                return Ok(());
+            }
+        }
+    }
+    tracing::info!(%identity, "leading: starting controllers");
+
+    let reporter = Reporter {
+        controller: "bridge-operator".into(),
+        instance: Some(identity.clone()),
+    };
+    let recorder = Recorder::new(client.clone(), reporter);
+    let admin = TopicAdmin::new(&kafka, metrics.clone())?;
+    let audit = AuditLog::new(&kafka, recorder)?;
+
+    let apis: Vec<Api<EventTopic>> = if args.watch_namespaces.is_empty() {
+        vec![Api::all(client.clone())]
+    } else {
+        args.watch_namespaces
+            .iter()
+            .map(|ns| Api::namespaced(client.clone(), ns))
+            .collect()
+    };
+    let controllers: Vec<Controller<EventTopic>> = apis
+        .into_iter()
+        .map(|api| {
+            Controller::new(api, watcher::Config::default().any_semantic())
+                .graceful_shutdown_on(wait_for(stopped.clone()))
+        })
+        .collect();
+    let stores = controllers.iter().map(|c| c.store()).collect();
+    let context = Arc::new(Context::new(
+        client.clone(),
+        admin,
+        audit,
+        metrics,
+        stores,
+        args.resync_interval,
+    ));
+    readiness.set_ready();
+
+    let runs = controllers.into_iter().map(|controller| {
+        controller
+            .run(
+                topic_controller::reconcile,
+                topic_controller::error_policy,
+                context.clone(),
+            )
+            .boxed()
+    });
+    let mut results = select_all(runs);
+    let mut lost_lease = false;
+    loop {
+        tokio::select! {
+            next = results.next() => match next {
+                Some(Ok((object, _))) => tracing::debug!(object = %object.name, "reconciled"),
+                Some(Err(error)) => tracing::debug!(%error, "reconcile error"),
+                None => break,
+            },
+            changed = leading.changed(), if !lost_lease => {
+                if changed.is_err() || !*leading.borrow() {
+                    // Another replica may lead now: stop at once rather than race it.
+                    tracing::error!("lost the leader-election lease; stopping");
+                    lost_lease = true;
+                    readiness.set_not_ready("lost the leader-election lease");
+                    let _ = stop.send(true);
+                }
+            }
+        }
+    }
+    drop(leading);
+    let _ = lease_task.await;
+    let _ = admin_task.await;
+    tracing::info!("stopped");
+    if lost_lease {
+        return Err(StartupError::LeaderElection("lost the lease".into()));
+    }
+    Ok(())
+}
+
+async fn wait_for(mut stopped: watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|stop| *stop).await;
+}
+
+/// The CRDs must be installed and Established before the watches can start.
+async fn check_crds(client: &Client) -> Result<(), StartupError> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for name in CRDS {
+        let crd = crds
+            .get_opt(name)
+            .await
+            .map_err(|e| StartupError::CrdCheck(name, e))?
+            .ok_or(StartupError::CrdMissing(name))?;
+        let established = crd
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c.type_ == "Established");
+        match established {
+            Some(c) if c.status == "True" => {}
+            Some(c) => {
+                return Err(StartupError::CrdNotEstablished(
+                    name,
+                    c.message.unwrap_or(c.reason.unwrap_or_default()),
+                ));
+            }
+            None => {
+                return Err(StartupError::CrdNotEstablished(
+                    name,
+                    "no condition yet".into(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn kafka_properties(
+    path: Option<&std::path::Path>,
+) -> Result<BTreeMap<String, String>, StartupError> {
+    let Some(path) = path else {
+        return Ok(BTreeMap::new());
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| StartupError::KafkaProperties(path.to_owned(), e.to_string()))?;
+    serde_yaml::from_str(&text).map_err(|e| {
+        StartupError::KafkaProperties(
+            path.to_owned(),
+            format!("expected a YAML map of librdkafka property names to string values: {e}"),
+        )
+    })
+}

@@ -1,0 +1,551 @@
+//! The EventTopic controller: one Kafka topic per EventTopic, created or adopted, kept in
+//! line with the spec on every resync, and deleted only when the object says so.
+
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bridge_api::event_topic::DeletionPolicy;
+use bridge_api::{EventTopic, EventTopicStatus, condition_type, is_paused};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::reflector::Store;
+use kube::{Api, Client, ResourceExt};
+use rdkafka::error::RDKafkaErrorCode;
+use serde_json::json;
+
+use crate::audit::{AuditLog, FieldChange, TopicAction};
+use crate::conditions::{self, Decided};
+use crate::kafka_admin::{AdminError, TopicAdmin};
+use crate::metrics::Metrics;
+use crate::topic_plan::{self, DesiredTopic, ObservedTopic};
+
+/// Set only under `deletionPolicy: Delete`: the topic is deleted before the object goes.
+pub const FINALIZER: &str = "bridge.omninode.io/delete-topic";
+/// The one field manager of every write the operator makes.
+pub const FIELD_MANAGER: &str = "bridge-operator";
+const KIND: &str = "EventTopic";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API call failed: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("the finalizer of the EventTopic failed: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("deleting the Kafka topic failed: {0}")]
+    Delete(#[source] AdminError),
+}
+
+impl Error {
+    /// A stable word for metrics labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Kube(_) => "KubernetesApi",
+            Self::Finalizer(_) => "Finalizer",
+            Self::Delete(AdminError::Unavailable(_)) => "KafkaUnavailable",
+            Self::Delete(_) => "TopicDeletionRefused",
+        }
+    }
+}
+
+pub struct Context {
+    pub client: Client,
+    pub admin: TopicAdmin,
+    pub audit: AuditLog,
+    pub metrics: Arc<Metrics>,
+    /// Every EventTopic the operator watches, across its namespaces: who claims which topic.
+    pub stores: Vec<Store<EventTopic>>,
+    pub resync: Duration,
+    /// Consecutive Kafka failures per object, for the backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        admin: TopicAdmin,
+        audit: AuditLog,
+        metrics: Arc<Metrics>,
+        stores: Vec<Store<EventTopic>>,
+        resync: Duration,
+    ) -> Self {
+        Self {
+            client,
+            admin,
+            audit,
+            metrics,
+            stores,
+            resync,
+            failures: Mutex::default(),
+        }
+    }
+
+    /// The object that owns `topic`'s Kafka topic when it is not `topic` itself: the oldest
+    /// claimant wins, ties broken by namespace and name.
+    fn other_owner(&self, topic: &EventTopic) -> Option<Arc<EventTopic>> {
+        let name = topic.topic_name();
+        let all: Vec<Arc<EventTopic>> = self.stores.iter().flat_map(|s| s.state()).collect();
+        let topics: HashSet<&str> = all.iter().map(|t| t.topic_name()).collect();
+        self.metrics.topics_managed.set(topics.len() as i64);
+        all.iter()
+            .filter(|t| t.topic_name() == name)
+            .min_by_key(|t| {
+                (
+                    t.metadata.creation_timestamp.clone().map(|t| t.0),
+                    t.namespace(),
+                    t.name_any(),
+                )
+            })
+            .filter(|owner| owner.uid() != topic.uid())
+            .cloned()
+    }
+
+    fn resync_action(&self) -> Action {
+        Action::requeue(jittered(self.resync))
+    }
+
+    /// Exponential backoff per object while Kafka fails: 1 s doubling to 60 s, jittered.
+    fn backoff(&self, key: &str) -> Action {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let attempt = failures.entry(key.to_owned()).or_default();
+        *attempt = attempt.saturating_add(1);
+        let delay = Duration::from_secs(1 << (*attempt - 1).min(6)).min(Duration::from_secs(60));
+        Action::requeue(jittered(delay))
+    }
+
+    fn succeeded(&self, key: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+}
+
+/// `base` scaled by a random factor in [0.9, 1.1), so thousands of objects do not resync
+/// in lockstep.
+fn jittered(base: Duration) -> Duration {
+    let random = RandomState::new().build_hasher().finish();
+    let factor = 0.9 + (random % 1000) as f64 / 5000.0;
+    base.mul_f64(factor)
+}
+
+fn object_key(topic: &EventTopic) -> String {
+    format!(
+        "{}/{}",
+        topic.namespace().unwrap_or_default(),
+        topic.name_any()
+    )
+}
+
+pub async fn reconcile(topic: Arc<EventTopic>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile_timer(KIND);
+    let namespace = topic.namespace().unwrap_or_default();
+    let api: Api<EventTopic> = Api::namespaced(ctx.client.clone(), &namespace);
+    let has_finalizer = topic.finalizers().iter().any(|f| f == FINALIZER);
+    if topic.spec.deletion_policy == DeletionPolicy::Retain && !has_finalizer {
+        // Retain sets no finalizer, so deleting the object (or its namespace) never waits on Kafka.
+        return apply(&topic, &ctx, &api).await;
+    }
+    finalizer(&api, FINALIZER, topic, |event| async {
+        match event {
+            FinalizerEvent::Apply(topic) => apply(&topic, &ctx, &api).await,
+            FinalizerEvent::Cleanup(topic) => cleanup(&topic, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+pub fn error_policy(topic: Arc<EventTopic>, error: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(object = %object_key(&topic), %error, "reconcile failed");
+    ctx.metrics.failure(KIND, error.reason());
+    ctx.backoff(&object_key(&topic))
+}
+
+/// What one pass decided about the object's status.
+struct Report {
+    status: EventTopicStatus,
+    now: Time,
+    generation: Option<i64>,
+}
+
+impl Report {
+    fn new(topic: &EventTopic) -> Self {
+        Self {
+            status: topic.status.clone().unwrap_or_default(),
+            now: Time(Timestamp::now()),
+            generation: topic.metadata.generation,
+        }
+    }
+
+    fn set(&mut self, decided: Decided) {
+        conditions::upsert(
+            &mut self.status.conditions,
+            decided,
+            self.generation,
+            &self.now,
+        );
+    }
+
+    fn ready(&mut self, status: bool, reason: &'static str, message: impl Into<String>) {
+        self.set(Decided::new(condition_type::READY, status, reason, message));
+    }
+
+    fn clear(&mut self, type_: &str) {
+        conditions::remove(&mut self.status.conditions, type_);
+    }
+
+    fn observed(&mut self, topic: &str, partitions: i32, replication_factor: i32) {
+        self.status.topic_name = Some(topic.to_owned());
+        self.status.partitions = Some(partitions);
+        self.status.replication_factor = Some(replication_factor);
+    }
+
+    /// Writes the status only when it differs from what the object already has.
+    async fn write(
+        mut self,
+        topic: &EventTopic,
+        api: &Api<EventTopic>,
+        ctx: &Context,
+    ) -> Result<(), Error> {
+        self.status.observed_generation = self.generation;
+        if topic.status.as_ref() == Some(&self.status) {
+            return Ok(());
+        }
+        let patch = json!({
+            "apiVersion": "bridge.omninode.io/v1alpha1",
+            "kind": "EventTopic",
+            "status": self.status,
+        });
+        api.patch_status(
+            &topic.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+        ctx.metrics
+            .status_patches
+            .get_or_create(&crate::metrics::KindLabel { kind: KIND })
+            .inc();
+        Ok(())
+    }
+}
+
+async fn apply(topic: &EventTopic, ctx: &Context, api: &Api<EventTopic>) -> Result<Action, Error> {
+    let mut report = Report::new(topic);
+    if topic.spec.deletion_policy == DeletionPolicy::Retain
+        && topic.finalizers().iter().any(|f| f == FINALIZER)
+    {
+        remove_finalizer(topic, api).await?;
+    }
+
+    if is_paused(&topic.metadata) {
+        report.set(Decided::new(
+            condition_type::PAUSED,
+            true,
+            "Paused",
+            format!(
+                "reconciling is paused by the annotation {}: \"true\"; the Kafka topic is left as it is until it is removed",
+                bridge_api::PAUSED_ANNOTATION
+            ),
+        ));
+        report.write(topic, api, ctx).await?;
+        return Ok(Action::await_change());
+    }
+    report.clear(condition_type::PAUSED);
+
+    let topic_name = topic.topic_name().to_owned();
+    if let Some(owner) = ctx.other_owner(topic) {
+        let message = format!(
+            "Kafka topic {topic_name} is managed by EventTopic {}/{}, which claimed it first; \
+             set another spec.topicName, or delete that EventTopic",
+            owner.namespace().unwrap_or_default(),
+            owner.name_any()
+        );
+        report.set(Decided::new(
+            condition_type::CONFLICT,
+            true,
+            "TopicClaimed",
+            message.clone(),
+        ));
+        report.ready(false, "Conflict", message);
+        report.write(topic, api, ctx).await?;
+        // The owner may go away; a later resync takes the topic over then.
+        return Ok(ctx.resync_action());
+    }
+    report.clear(condition_type::CONFLICT);
+
+    let desired = match topic_plan::desired_topic(topic) {
+        Ok(desired) => desired,
+        Err(error) => {
+            report.ready(false, "InvalidSpec", format!("spec.retention: {error}"));
+            report.write(topic, api, ctx).await?;
+            return Ok(Action::await_change());
+        }
+    };
+
+    let key = object_key(topic);
+    let outcome = match ctx.admin.describe(&topic_name).await {
+        Ok(None) => create(topic, &desired, ctx, &mut report).await,
+        Ok(Some(observed)) => converge(topic, &desired, &observed, ctx, &mut report).await,
+        Err(error) => Err(error),
+    };
+    match outcome {
+        Ok(action) => {
+            ctx.succeeded(&key);
+            report.write(topic, api, ctx).await?;
+            Ok(action)
+        }
+        Err(AdminError::Unavailable(error)) => {
+            ctx.metrics.failure(KIND, "KafkaUnavailable");
+            report.ready(
+                false,
+                "KafkaUnavailable",
+                format!("cannot reach Kafka ({error}); retrying with backoff"),
+            );
+            report.write(topic, api, ctx).await?;
+            Ok(ctx.backoff(&key))
+        }
+        Err(AdminError::Refused { code, .. }) => {
+            let (reason, message, action) = refusal(code, &desired, ctx, &key);
+            ctx.metrics.failure(KIND, reason);
+            report.ready(false, reason, message);
+            report.write(topic, api, ctx).await?;
+            Ok(action)
+        }
+    }
+}
+
+/// What to tell the user when Kafka refuses a request, and whether to retry.
+fn refusal(
+    code: RDKafkaErrorCode,
+    desired: &DesiredTopic,
+    ctx: &Context,
+    key: &str,
+) -> (&'static str, String, Action) {
+    match code {
+        RDKafkaErrorCode::InvalidConfig => (
+            "InvalidConfig",
+            format!(
+                "Kafka refused the configs of topic {} ({code}): check each key of spec.config is a Kafka topic config and its value is valid",
+                desired.name
+            ),
+            Action::await_change(),
+        ),
+        RDKafkaErrorCode::PolicyViolation => (
+            "PolicyViolation",
+            format!(
+                "Kafka's create-topic policy refused topic {} ({code}); change the spec to satisfy it",
+                desired.name
+            ),
+            Action::await_change(),
+        ),
+        RDKafkaErrorCode::InvalidReplicationFactor => (
+            "InvalidReplicationFactor",
+            format!(
+                "Kafka cannot place {} replicas of topic {}: fewer brokers are available; lower spec.replicationFactor or bring brokers back",
+                desired.replication_factor, desired.name
+            ),
+            ctx.backoff(key),
+        ),
+        RDKafkaErrorCode::TopicAuthorizationFailed
+        | RDKafkaErrorCode::ClusterAuthorizationFailed => (
+            "NotAuthorized",
+            format!(
+                "the operator's Kafka principal may not manage topic {} ({code}): grant it the topic ACLs",
+                desired.name
+            ),
+            ctx.backoff(key),
+        ),
+        code => (
+            "KafkaRefused",
+            format!(
+                "Kafka refused a change to topic {} ({code}); retrying with backoff",
+                desired.name
+            ),
+            ctx.backoff(key),
+        ),
+    }
+}
+
+async fn create(
+    topic: &EventTopic,
+    desired: &DesiredTopic,
+    ctx: &Context,
+    report: &mut Report,
+) -> Result<Action, AdminError> {
+    ctx.admin.create(desired).await?;
+    // A status that already names a topic means the operator had it once: someone deleted it.
+    let action = if report.status.partitions.is_some() {
+        TopicAction::Recreated
+    } else {
+        TopicAction::Created
+    };
+    let changes: Vec<FieldChange> = std::iter::once(FieldChange {
+        field: "partitions".into(),
+        old: None,
+        new: Some(desired.partitions.to_string()),
+    })
+    .chain(desired.configs.iter().map(|(k, v)| FieldChange {
+        field: format!("config.{k}"),
+        old: None,
+        new: Some(v.clone()),
+    }))
+    .collect();
+    ctx.audit
+        .record(topic, action, &changes, ctx.admin.audit_topic_exists())
+        .await;
+    report.observed(
+        &desired.name,
+        desired.partitions,
+        desired.replication_factor,
+    );
+    report.ready(
+        true,
+        "TopicReady",
+        format!(
+            "Kafka topic {} {} with {} partitions and replication factor {}",
+            desired.name,
+            if action == TopicAction::Recreated {
+                "re-created"
+            } else {
+                "created"
+            },
+            desired.partitions,
+            desired.replication_factor
+        ),
+    );
+    Ok(ctx.resync_action())
+}
+
+async fn converge(
+    topic: &EventTopic,
+    desired: &DesiredTopic,
+    observed: &ObservedTopic,
+    ctx: &Context,
+    report: &mut Report,
+) -> Result<Action, AdminError> {
+    let plan = topic_plan::plan(desired, observed);
+    let publish = ctx.admin.audit_topic_exists();
+    if !plan.config_changes.is_empty() {
+        let configs = topic_plan::configs_after(&observed.configs, &desired.configs);
+        ctx.admin.set_configs(&desired.name, &configs).await?;
+        let changes: Vec<FieldChange> = plan
+            .config_changes
+            .iter()
+            .map(|c| FieldChange {
+                field: format!("config.{}", c.key),
+                old: c.old.clone(),
+                new: Some(c.new.clone()),
+            })
+            .collect();
+        ctx.audit
+            .record(topic, TopicAction::ConfigChanged, &changes, publish)
+            .await;
+    }
+    let mut partitions = observed.partitions;
+    if let Some((from, to)) = plan.grow_partitions {
+        ctx.admin.grow_partitions(&desired.name, to).await?;
+        partitions = to;
+        let change = FieldChange {
+            field: "partitions".into(),
+            old: Some(from.to_string()),
+            new: Some(to.to_string()),
+        };
+        ctx.audit
+            .record(topic, TopicAction::PartitionsIncreased, &[change], publish)
+            .await;
+    }
+    report.observed(&desired.name, partitions, observed.replication_factor);
+    match plan.unreconcilable.first() {
+        Some(gap) => {
+            report.ready(false, gap.reason(), gap.message(&desired.name));
+            // Nothing the operator can do until the spec (or the topic) changes; resync
+            // still looks, in case someone reassigns the partitions by hand.
+            Ok(ctx.resync_action())
+        }
+        None => {
+            report.ready(
+                true,
+                "TopicReady",
+                format!(
+                    "Kafka topic {} has {} partitions, replication factor {}, and the configs of the spec",
+                    desired.name, partitions, observed.replication_factor
+                ),
+            );
+            Ok(ctx.resync_action())
+        }
+    }
+}
+
+async fn cleanup(topic: &EventTopic, ctx: &Context) -> Result<Action, Error> {
+    let topic_name = topic.topic_name();
+    if topic.spec.deletion_policy == DeletionPolicy::Retain {
+        return Ok(Action::await_change());
+    }
+    if let Some(owner) = ctx.other_owner(topic) {
+        tracing::info!(
+            object = %object_key(topic),
+            owner = %object_key(&owner),
+            "Kafka topic {topic_name} belongs to another EventTopic; not deleting it"
+        );
+        return Ok(Action::await_change());
+    }
+    if is_paused(&topic.metadata) {
+        tracing::info!(object = %object_key(topic), "paused: Kafka topic {topic_name} left in place");
+        return Ok(Action::await_change());
+    }
+    ctx.admin.delete(topic_name).await.map_err(Error::Delete)?;
+    ctx.audit
+        .record(
+            topic,
+            TopicAction::Deleted,
+            &[],
+            ctx.admin.audit_topic_exists(),
+        )
+        .await;
+    Ok(Action::await_change())
+}
+
+/// Drops the operator's finalizer after `deletionPolicy` went from Delete to Retain.
+async fn remove_finalizer(topic: &EventTopic, api: &Api<EventTopic>) -> Result<(), Error> {
+    let remaining: Vec<&String> = topic
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .collect();
+    let patch = json!({
+        "metadata": {
+            "finalizers": remaining,
+            "resourceVersion": topic.resource_version(),
+        }
+    });
+    api.patch(
+        &topic.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        for _ in 0..1000 {
+            let d = jittered(Duration::from_secs(300));
+            assert!(
+                d >= Duration::from_secs(270) && d < Duration::from_secs(330),
+                "{d:?}"
+            );
+        }
+    }
+}

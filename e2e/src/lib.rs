@@ -7,6 +7,9 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use kube::Api;
+use kube::api::PostParams;
 use rdkafka::ClientConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +150,49 @@ where
             panic!("timed out after {bound:?} waiting for {what}");
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A namespace of one test's own, deleted (without waiting) when the value drops, even
+/// when the test fails.
+pub struct TestNamespace {
+    pub name: String,
+}
+
+impl TestNamespace {
+    /// Creates the namespace and waits for its default ServiceAccount, without which the
+    /// API server admits no Pods there.
+    pub async fn create(client: &kube::Client, prefix: &str) -> Self {
+        let name = unique_name(prefix);
+        let namespace: Namespace =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &namespace)
+            .await
+            .expect("namespace created");
+        let accounts = Api::<ServiceAccount>::namespaced(client.clone(), &name);
+        eventually(
+            "the default ServiceAccount",
+            Duration::from_secs(60),
+            || async { accounts.get_opt("default").await.ok().flatten() },
+        )
+        .await;
+        Self { name }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        // Blocking and outside the test's runtime, which may already be shutting down.
+        let _ = Command::new("kubectl")
+            .args([
+                "delete",
+                "namespace",
+                &self.name,
+                "--wait=false",
+                "--ignore-not-found",
+            ])
+            .output();
     }
 }
 

@@ -3,10 +3,12 @@
 
 use std::time::Duration;
 
-use bridge_e2e::{Stack, StackKind, eventually, pinned_kubernetes_version, unique_name};
+use bridge_e2e::{
+    Stack, StackKind, TestNamespace, eventually, pinned_kubernetes_version, unique_name,
+};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::authentication::v1::TokenRequest;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{
@@ -21,48 +23,13 @@ async fn client() -> Client {
     Stack::from_env().unwrap().kube_client().await
 }
 
-/// A namespace of the test's own, deleted when the test ends.
-struct TestNamespace {
-    name: String,
-    client: Client,
-}
-
-impl TestNamespace {
-    async fn create(client: &Client, prefix: &str) -> Self {
-        let name = unique_name(prefix);
-        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-        Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &ns)
-            .await
-            .expect("namespace created");
-        // Pods are only admitted once the controller manager made the default ServiceAccount.
-        let sas = Api::<ServiceAccount>::namespaced(client.clone(), &name);
-        eventually("the default ServiceAccount", BOUND, || async {
-            sas.get_opt("default").await.ok().flatten()
-        })
-        .await;
-        Self {
-            name,
-            client: client.clone(),
-        }
-    }
-
-    fn api<K>(&self) -> Api<K>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-        <K as kube::Resource>::DynamicType: Default,
-    {
-        Api::namespaced(self.client.clone(), &self.name)
-    }
-}
-
-impl Drop for TestNamespace {
-    fn drop(&mut self) {
-        let api = Api::<Namespace>::all(self.client.clone());
-        let name = self.name.clone();
-        // Best effort: the namespace controller finishes the deletion in the background.
-        tokio::spawn(async move { api.delete(&name, &DeleteParams::default()).await });
-    }
+/// Typed access to a test namespace's objects.
+fn api<K>(ns: &TestNamespace, client: &Client) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as kube::Resource>::DynamicType: Default,
+{
+    Api::namespaced(client.clone(), &ns.name)
 }
 
 fn api_error_code(result: Result<impl std::fmt::Debug, kube::Error>) -> (u16, String) {
@@ -100,11 +67,14 @@ async fn namespace_and_configmap_are_stored_and_read_back() {
         "data": {"retention": "30d"}
     }))
     .unwrap();
-    ns.api::<ConfigMap>()
+    api::<ConfigMap>(&ns, &client)
         .create(&PostParams::default(), &cm)
         .await
         .unwrap();
-    let read = ns.api::<ConfigMap>().get("settings").await.unwrap();
+    let read = api::<ConfigMap>(&ns, &client)
+        .get("settings")
+        .await
+        .unwrap();
     assert_eq!(read.data.unwrap()["retention"], "30d");
 }
 
@@ -124,7 +94,7 @@ async fn deployment_pods_run_on_kwok_nodes_and_are_garbage_collected() {
         }
     }))
     .unwrap();
-    let deployments = ns.api::<Deployment>();
+    let deployments = api::<Deployment>(&ns, &client);
     deployments
         .create(&PostParams::default(), &deployment)
         .await
@@ -135,7 +105,10 @@ async fn deployment_pods_run_on_kwok_nodes_and_are_garbage_collected() {
         (d.status?.ready_replicas? == 2).then_some(())
     })
     .await;
-    let pods = ns.api::<Pod>().list(&ListParams::default()).await.unwrap();
+    let pods = api::<Pod>(&ns, &client)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
     assert_eq!(pods.items.len(), 2);
     for pod in &pods.items {
         let node = pod.spec.as_ref().unwrap().node_name.clone().unwrap();
@@ -148,8 +121,8 @@ async fn deployment_pods_run_on_kwok_nodes_and_are_garbage_collected() {
         .delete("web", &DeleteParams::background())
         .await
         .unwrap();
-    let replica_sets = ns.api::<ReplicaSet>();
-    let pod_api = ns.api::<Pod>();
+    let replica_sets = api::<ReplicaSet>(&ns, &client);
+    let pod_api = api::<Pod>(&ns, &client);
     eventually("ReplicaSets and Pods garbage-collected", BOUND, || async {
         let rs = replica_sets.list(&ListParams::default()).await.ok()?;
         let pods = pod_api.list(&ListParams::default()).await.ok()?;
@@ -239,7 +212,7 @@ async fn rbac_refuses_a_service_account_without_rights() {
     let ns = TestNamespace::create(&client, "e2e-rbac").await;
     let sa: ServiceAccount =
         serde_json::from_value(json!({"metadata": {"name": "reader"}})).unwrap();
-    ns.api::<ServiceAccount>()
+    api::<ServiceAccount>(&ns, &client)
         .create(&PostParams::default(), &sa)
         .await
         .unwrap();
@@ -247,8 +220,7 @@ async fn rbac_refuses_a_service_account_without_rights() {
         "spec": {"audiences": [], "expirationSeconds": 600}
     }))
     .unwrap();
-    let token = ns
-        .api::<ServiceAccount>()
+    let token = api::<ServiceAccount>(&ns, &client)
         .create_token_request("reader", &PostParams::default(), &request)
         .await
         .unwrap()
@@ -279,11 +251,11 @@ async fn rbac_refuses_a_service_account_without_rights() {
         "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": ns.name}]
     }))
     .unwrap();
-    ns.api::<Role>()
+    api::<Role>(&ns, &client)
         .create(&PostParams::default(), &role)
         .await
         .unwrap();
-    ns.api::<RoleBinding>()
+    api::<RoleBinding>(&ns, &client)
         .create(&PostParams::default(), &binding)
         .await
         .unwrap();

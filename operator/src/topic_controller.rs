@@ -408,17 +408,7 @@ async fn create(
     report.ready(
         true,
         "TopicReady",
-        format!(
-            "Kafka topic {} {} with {} partitions and replication factor {}",
-            desired.name,
-            if action == TopicAction::Recreated {
-                "re-created"
-            } else {
-                "created"
-            },
-            desired.partitions,
-            desired.replication_factor
-        ),
+        in_line_message(desired, desired.partitions, desired.replication_factor),
     );
     Ok(ctx.resync_action())
 }
@@ -473,14 +463,20 @@ async fn converge(
             report.ready(
                 true,
                 "TopicReady",
-                format!(
-                    "Kafka topic {} has {} partitions, replication factor {}, and the configs of the spec",
-                    desired.name, partitions, observed.replication_factor
-                ),
+                in_line_message(desired, partitions, observed.replication_factor),
             );
             Ok(ctx.resync_action())
         }
     }
+}
+
+/// The Ready message of a topic in line with its spec: the same words whether it was just
+/// created or found so, so the first resync after a create writes no status.
+fn in_line_message(desired: &DesiredTopic, partitions: i32, replication_factor: i32) -> String {
+    format!(
+        "Kafka topic {} has {partitions} partitions, replication factor {replication_factor}, and the configs of the spec",
+        desired.name
+    )
 }
 
 async fn cleanup(topic: &EventTopic, ctx: &Context) -> Result<Action, Error> {

@@ -1,0 +1,921 @@
+//! The running consumer: reads the group's partitions, hands each event to a delivery task
+//! in its lane, and keeps the offsets and the flow in step with what is finished.
+//!
+//! One task (the poll loop) owns the Kafka consumer: it reads records, pauses and resumes
+//! partitions, and stores offsets. Delivery tasks share only the dispatch state behind a
+//! mutex; the rebalance callbacks, which run inside the poll loop's `recv`, read the same
+//! state to commit exactly what is finished before a partition leaves.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bridge_api::event_consumer::{Ordering, StartFrom};
+use bridge_events::{CloudEvent, LifecyclePhase, lifecycle_event};
+use bridge_runtime::Readiness;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::breaker::CircuitBreaker;
+use crate::config::ConsumerConfig;
+use crate::dead_letter::{DeadLetterReason, Failure, RecordOrigin, dead_letter_headers};
+use crate::filter::TypeFilter;
+use crate::lanes::{Lane, Lanes};
+use crate::metrics::{ConsumerMetrics, OutcomeLabels, PartitionLabels, ReasonLabels};
+use crate::offsets::OffsetTracker;
+use crate::retry::RetryPolicy;
+use crate::sink::{SinkAnswer, SinkClient, SinkRequest};
+
+/// The name this service gives itself in lifecycle events and as its Kafka client id.
+pub const SERVICE_NAME: &str = "event-consumer";
+
+/// How often finished offsets are handed to librdkafka, which commits them every second.
+const STORE_INTERVAL: Duration = Duration::from_millis(100);
+/// How long a dead-letter or lifecycle record may wait in the producer.
+const PRODUCE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A partition as the dispatcher knows it while assigned. `epoch` tells a delivery task
+/// whose partition was revoked (and perhaps assigned again) that its result no longer counts.
+#[derive(Debug)]
+struct PartitionState {
+    epoch: u64,
+    offsets: OffsetTracker,
+    lanes: Lanes<Job>,
+    /// The committable offset moved since it was last stored.
+    unstored: bool,
+}
+
+#[derive(Debug, Default)]
+struct DispatchState {
+    partitions: HashMap<(String, i32), PartitionState>,
+    next_epoch: u64,
+    in_flight: usize,
+    paused: bool,
+    /// The group handed this member its first assignment (possibly empty).
+    joined: bool,
+    /// Events that failed with no dead-letter topic to take them, and their last error.
+    blocked: BTreeMap<RecordOrigin, String>,
+    /// Why the dead-letter topic cannot be written, while that lasts.
+    dead_letter_failing: Option<String>,
+}
+
+impl DispatchState {
+    fn partition(&mut self, topic: &str, partition: i32) -> &mut PartitionState {
+        let key = (topic.to_owned(), partition);
+        if !self.partitions.contains_key(&key) {
+            self.next_epoch += 1;
+            self.partitions.insert(
+                key.clone(),
+                PartitionState {
+                    epoch: self.next_epoch,
+                    offsets: OffsetTracker::default(),
+                    lanes: Lanes::default(),
+                    unstored: false,
+                },
+            );
+        }
+        self.partitions.get_mut(&key).expect("inserted above")
+    }
+}
+
+/// What the poll loop, the delivery tasks and the rebalance callbacks share.
+struct Shared {
+    state: Mutex<DispatchState>,
+    metrics: ConsumerMetrics,
+    readiness: Readiness,
+    /// Wakes the poll loop when partitions may resume.
+    flow: Notify,
+    max_in_flight: usize,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, DispatchState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Below this many events in flight, paused partitions resume; the gap to the maximum
+    /// keeps a busy consumer from pausing and resuming at every event.
+    fn resume_mark(&self) -> usize {
+        self.max_in_flight / 2
+    }
+}
+
+/// The librdkafka callbacks: rebalances and statistics.
+struct GroupEvents {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for GroupEvents {
+    fn stats(&self, statistics: Statistics) {
+        let state = self.shared.lock();
+        for (topic, topic_stats) in &statistics.topics {
+            for (partition, stats) in &topic_stats.partitions {
+                if !state.partitions.contains_key(&(topic.clone(), *partition)) {
+                    continue;
+                }
+                let lag = if stats.consumer_lag >= 0 {
+                    stats.consumer_lag
+                } else {
+                    stats.consumer_lag_stored
+                };
+                if lag >= 0 {
+                    self.shared
+                        .metrics
+                        .lag
+                        .get_or_create(&PartitionLabels {
+                            topic: topic.clone(),
+                            partition: *partition,
+                        })
+                        .set(lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for GroupEvents {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(revoked) = rebalance else {
+            return;
+        };
+        // Forget the partitions first, so no delivery task still running can move their
+        // offsets; then commit what was finished. What was in flight is delivered again by
+        // the next owner: at least once.
+        let mut finished = TopicPartitionList::new();
+        {
+            let mut state = self.shared.lock();
+            for element in revoked.elements() {
+                let key = (element.topic().to_owned(), element.partition());
+                let Some(partition) = state.partitions.remove(&key) else {
+                    continue;
+                };
+                state.in_flight -= partition.offsets.pending();
+                if let Some(offset) = partition.offsets.committable() {
+                    let _ = finished.add_partition_offset(
+                        element.topic(),
+                        element.partition(),
+                        Offset::Offset(offset),
+                    );
+                }
+                self.shared.metrics.lag.remove(&PartitionLabels {
+                    topic: key.0,
+                    partition: key.1,
+                });
+            }
+            self.shared.metrics.in_flight.set(state.in_flight as i64);
+        }
+        self.shared.flow.notify_one();
+        tracing::info!(partitions = revoked.count(), "partitions revoked");
+        if finished.count() == 0 || consumer.assignment_lost() {
+            return;
+        }
+        if let Err(error) = consumer.commit(&finished, CommitMode::Sync) {
+            tracing::warn!(%error, "committing the finished offsets of revoked partitions failed; their events may be delivered again");
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(assigned) => {
+                let paused = {
+                    let mut state = self.shared.lock();
+                    state.joined = true;
+                    for element in assigned.elements() {
+                        state.partition(element.topic(), element.partition());
+                    }
+                    state.paused
+                };
+                if paused && assigned.count() > 0 {
+                    if let Err(error) = consumer.pause(assigned) {
+                        tracing::warn!(%error, "pausing newly assigned partitions failed");
+                    }
+                }
+                tracing::info!(partitions = assigned.count(), "partitions assigned");
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(error) => tracing::warn!(%error, "consumer group rebalance failed"),
+        }
+    }
+
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _: &TopicPartitionList) {
+        match result {
+            Ok(())
+            | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+            Err(error) => {
+                tracing::warn!(%error, "committing offsets failed; retried at the next commit")
+            }
+        }
+    }
+}
+
+type GroupConsumer = StreamConsumer<GroupEvents>;
+
+/// One record on its way: to the sink, or straight to the dead-letter topic.
+#[derive(Debug)]
+struct Job {
+    origin: RecordOrigin,
+    epoch: u64,
+    lane: Option<Lane>,
+    record: OwnedMessage,
+    work: Work,
+}
+
+#[derive(Debug)]
+enum Work {
+    Deliver(SinkRequest),
+    DeadLetter(Failure),
+}
+
+/// What delivery tasks need: the sink, its breaker, the dead-letter producer.
+struct Delivery {
+    shared: Arc<Shared>,
+    sink: SinkClient,
+    breaker: CircuitBreaker,
+    policy: RetryPolicy,
+    producer: FutureProducer,
+    dead_letter_topic: Option<String>,
+    stopping: CancellationToken,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{action} failed: {source}")]
+    Kafka {
+        action: &'static str,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("could not build the HTTP client for the sink: {0}")]
+    Sink(#[source] reqwest::Error),
+    #[error("the admin server could not listen: {0}")]
+    Admin(#[source] std::io::Error),
+}
+
+fn kafka(action: &'static str) -> impl FnOnce(KafkaError) -> RunError {
+    move |source| RunError::Kafka { action, source }
+}
+
+/// Runs the consumer until `shutdown` completes, then finishes what is in flight (bounded
+/// by the request timeout), commits what is done and leaves the group.
+pub async fn run(
+    config: ConsumerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let policy = config.retry_policy()?;
+    let timeout = config.request_timeout()?;
+    let sink = SinkClient::new(config.sink_url()?, timeout).map_err(RunError::Sink)?;
+
+    let mut registry = prometheus_client::registry::Registry::with_prefix("event_consumer");
+    let metrics = ConsumerMetrics::register(&mut registry);
+    let readiness = Readiness::new(format!("joining consumer group `{}`", config.group_id));
+    let stopping = CancellationToken::new();
+    let admin_stop = CancellationToken::new();
+    let admin = bridge_runtime::serve_admin(
+        config.admin_listen,
+        Arc::new(registry),
+        readiness.clone(),
+        admin_stop.clone().cancelled_owned(),
+    )
+    .await
+    .map_err(RunError::Admin)?;
+    let admin = tokio::spawn(admin);
+    tokio::spawn({
+        let stopping = stopping.clone();
+        async move {
+            shutdown.await;
+            stopping.cancel();
+        }
+    });
+
+    let shared = Arc::new(Shared {
+        state: Mutex::new(DispatchState::default()),
+        metrics,
+        readiness,
+        flow: Notify::new(),
+        max_in_flight: config.delivery.max_in_flight as usize,
+    });
+    let producer: FutureProducer = producer_config(&config)
+        .create()
+        .map_err(kafka("creating the Kafka producer"))?;
+    let instance = instance_name();
+    let lifecycle = Lifecycle {
+        producer: producer.clone(),
+        topic: config.lifecycle_topic.clone(),
+        instance,
+    };
+    lifecycle.announce(LifecyclePhase::Starting);
+
+    let consumer: GroupConsumer = consumer_config(&config)
+        .create_with_context(GroupEvents {
+            shared: shared.clone(),
+        })
+        .map_err(kafka("creating the Kafka consumer"))?;
+    let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topics)
+        .map_err(kafka("subscribing to the topics"))?;
+    tracing::info!(group = %config.group_id, topics = ?config.topics, sink = %sink.url(), "consuming");
+
+    let delivery = Arc::new(Delivery {
+        shared: shared.clone(),
+        sink,
+        breaker: CircuitBreaker::new(policy),
+        policy,
+        producer: producer.clone(),
+        dead_letter_topic: config.delivery.dead_letter_topic.clone(),
+        stopping: stopping.clone(),
+    });
+    let poll_loop = PollLoop {
+        consumer,
+        shared: shared.clone(),
+        delivery: delivery.clone(),
+        tasks: TaskTracker::new(),
+        ordering: config.delivery.ordering,
+        filter: TypeFilter::new(config.filter.types.iter().cloned()),
+        group_id: config.group_id.clone(),
+        lifecycle,
+        announced_ready: false,
+    };
+    poll_loop.run(stopping, timeout).await;
+    drop(delivery);
+    if let Err(error) = producer.flush(Duration::from_secs(5)) {
+        tracing::warn!(%error, "flushing the producer on shutdown failed");
+    }
+    admin_stop.cancel();
+    let _ = admin.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+struct PollLoop {
+    consumer: GroupConsumer,
+    shared: Arc<Shared>,
+    delivery: Arc<Delivery>,
+    tasks: TaskTracker,
+    ordering: Ordering,
+    filter: TypeFilter,
+    group_id: String,
+    lifecycle: Lifecycle,
+    announced_ready: bool,
+}
+
+impl PollLoop {
+    async fn run(mut self, stopping: CancellationToken, request_timeout: Duration) {
+        let mut breaker_changes = self.delivery.breaker.subscribe();
+        let mut store_tick = tokio::time::interval(STORE_INTERVAL);
+        store_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = stopping.cancelled() => break,
+                _ = breaker_changes.changed() => {
+                    let open = *breaker_changes.borrow_and_update();
+                    self.shared.metrics.circuit_open.set(i64::from(open));
+                    self.apply_flow();
+                    self.refresh_readiness();
+                }
+                _ = self.shared.flow.notified() => self.apply_flow(),
+                _ = store_tick.tick() => {
+                    self.store_finished_offsets();
+                    self.refresh_readiness();
+                }
+                received = self.consumer.recv() => match received {
+                    Ok(message) => {
+                        let record = message.detach();
+                        self.admit(record);
+                    }
+                    Err(error) => tracing::warn!(%error, "reading from Kafka"),
+                },
+            }
+        }
+        self.shut_down(request_timeout).await;
+    }
+
+    /// Takes one record in: skips it, queues it in its lane, or starts its delivery.
+    fn admit(&mut self, record: OwnedMessage) {
+        let origin = RecordOrigin {
+            topic: record.topic().to_owned(),
+            partition: record.partition(),
+            offset: record.offset(),
+        };
+        let work = match CloudEvent::from_kafka(
+            record.key(),
+            record.headers().map(|h| h.as_borrowed()),
+            record.payload(),
+        ) {
+            Err(error) => self.invalid(&origin, error.to_string()),
+            Ok(event) if !self.filter.accepts(&event.ty) => {
+                self.shared.metrics.filtered.inc();
+                None
+            }
+            Ok(event) => match SinkRequest::new(event) {
+                Ok(request) => Some(Work::Deliver(request)),
+                Err(error) => self.invalid(&origin, error),
+            },
+        };
+
+        let mut state = self.shared.lock();
+        let partition = state.partition(&origin.topic, origin.partition);
+        partition.offsets.received(origin.offset);
+        let Some(work) = work else {
+            if partition.offsets.completed(origin.offset).is_some() {
+                partition.unstored = true;
+            }
+            return;
+        };
+        let lane = match work {
+            Work::Deliver(_) => Lane::of(self.ordering, record.key()),
+            // Nothing waits on a dead-letter write, and it must not wait on anything.
+            Work::DeadLetter(_) => None,
+        };
+        let job = Job {
+            origin,
+            epoch: partition.epoch,
+            lane: lane.clone(),
+            record,
+            work,
+        };
+        let start = partition.lanes.admit(lane.as_ref(), job);
+        state.in_flight += 1;
+        self.shared.metrics.in_flight.set(state.in_flight as i64);
+        let full = state.in_flight >= self.shared.max_in_flight;
+        drop(state);
+        if let Some(job) = start {
+            let delivery = self.delivery.clone();
+            self.tasks.spawn(delivery.run_lane(job));
+        }
+        if full {
+            self.apply_flow();
+        }
+    }
+
+    fn invalid(&self, origin: &RecordOrigin, error: String) -> Option<Work> {
+        if self.delivery.dead_letter_topic.is_some() {
+            tracing::warn!(record = %origin, %error, "not a valid CloudEvent: to the dead-letter topic");
+            Some(Work::DeadLetter(Failure {
+                reason: DeadLetterReason::InvalidEvent,
+                error,
+                attempts: 0,
+                last_status: None,
+            }))
+        } else {
+            tracing::error!(record = %origin, %error, "not a valid CloudEvent and no dead-letter topic is configured: skipped");
+            self.shared.metrics.invalid_skipped.inc();
+            None
+        }
+    }
+
+    /// Pauses every assigned partition while too much is in flight or the sink's breaker is
+    /// open, and resumes them once both have eased. Paused partitions keep the group
+    /// membership alive (the loop goes on polling) without reading more.
+    fn apply_flow(&mut self) {
+        let breaker_open = self.delivery.breaker.is_open();
+        let mut state = self.shared.lock();
+        let pause = state.in_flight >= self.shared.max_in_flight || breaker_open;
+        let resume = state.in_flight <= self.shared.resume_mark() && !breaker_open;
+        let change = if pause && !state.paused {
+            Some(true)
+        } else if resume && state.paused {
+            Some(false)
+        } else {
+            None
+        };
+        let Some(pausing) = change else {
+            return;
+        };
+        state.paused = pausing;
+        let in_flight = state.in_flight;
+        drop(state);
+        let assignment = match self.consumer.assignment() {
+            Ok(assignment) => assignment,
+            Err(error) => {
+                tracing::warn!(%error, "reading the assignment to pause or resume it");
+                return;
+            }
+        };
+        let result = if pausing {
+            self.consumer.pause(&assignment)
+        } else {
+            self.consumer.resume(&assignment)
+        };
+        match result {
+            Ok(()) => tracing::debug!(
+                pausing,
+                in_flight,
+                breaker_open,
+                "partitions paused or resumed"
+            ),
+            Err(error) => tracing::warn!(%error, pausing, "pausing or resuming partitions failed"),
+        }
+    }
+
+    /// Hands the offsets that moved since last time to librdkafka, which commits them.
+    fn store_finished_offsets(&mut self) {
+        let mut finished = TopicPartitionList::new();
+        {
+            let mut state = self.shared.lock();
+            for ((topic, partition), tracked) in state.partitions.iter_mut() {
+                if !tracked.unstored {
+                    continue;
+                }
+                tracked.unstored = false;
+                if let Some(offset) = tracked.offsets.committable() {
+                    let _ =
+                        finished.add_partition_offset(topic, *partition, Offset::Offset(offset));
+                }
+            }
+        }
+        if finished.count() > 0 {
+            if let Err(error) = self.consumer.store_offsets(&finished) {
+                tracing::warn!(%error, "storing finished offsets failed");
+            }
+        }
+    }
+
+    fn refresh_readiness(&mut self) {
+        let state = self.shared.lock();
+        let reason = if !state.joined {
+            Some(format!("joining consumer group `{}`", self.group_id))
+        } else if let Some((first, error)) = state.blocked.iter().next() {
+            Some(format!(
+                "{} event(s) failed and wait, blocking their key or partition, because no dead-letter topic is configured; first: {first}: {error}",
+                state.blocked.len()
+            ))
+        } else if let Some(error) = &state.dead_letter_failing {
+            Some(format!("cannot write to the dead-letter topic: {error}"))
+        } else if self.delivery.breaker.is_open() {
+            Some(format!(
+                "the sink {} is failing: circuit breaker open, partitions paused",
+                self.delivery.sink.url()
+            ))
+        } else {
+            None
+        };
+        let joined = state.joined;
+        drop(state);
+        match reason {
+            Some(reason) => self.shared.readiness.set_not_ready(reason),
+            None => self.shared.readiness.set_ready(),
+        }
+        if joined && !self.announced_ready {
+            self.announced_ready = true;
+            self.lifecycle.announce(LifecyclePhase::Ready);
+        }
+    }
+
+    async fn shut_down(self, request_timeout: Duration) {
+        tracing::info!("stopping: finishing deliveries in flight");
+        self.shared.readiness.set_not_ready("stopping");
+        self.lifecycle.announce(LifecyclePhase::Stopping);
+        if let Ok(assignment) = self.consumer.assignment() {
+            let _ = self.consumer.pause(&assignment);
+        }
+        // Deliveries stop retrying at once; a request already sent gets its answer.
+        self.tasks.close();
+        let drained = request_timeout + Duration::from_secs(2);
+        if tokio::time::timeout(drained, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?drained,
+                "deliveries still running at shutdown; they are delivered again after restart"
+            );
+        }
+        let mut finished = TopicPartitionList::new();
+        {
+            let state = self.shared.lock();
+            for ((topic, partition), tracked) in &state.partitions {
+                if let Some(offset) = tracked.offsets.committable() {
+                    let _ =
+                        finished.add_partition_offset(topic, *partition, Offset::Offset(offset));
+                }
+            }
+        }
+        if finished.count() > 0 {
+            match self.consumer.commit(&finished, CommitMode::Sync) {
+                Ok(()) => {
+                    tracing::info!(partitions = finished.count(), "finished offsets committed")
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "committing on shutdown failed; unfinished events are delivered again after restart")
+                }
+            }
+        }
+        // Dropping the consumer leaves the group, so the others take its partitions now
+        // rather than after the session timeout. It blocks, and runs the revoke callback.
+        let consumer = self.consumer;
+        let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+    }
+}
+
+impl Delivery {
+    /// Delivers `job`, then the events queued behind it in its lane, one after another.
+    async fn run_lane(self: Arc<Self>, mut job: Job) {
+        loop {
+            let done = match &job.work {
+                Work::Deliver(request) => self.deliver(&job, request).await,
+                Work::DeadLetter(failure) => self.dead_letter(&job, failure).await,
+            };
+            if done.is_none() {
+                return;
+            }
+            match self.finish(&job) {
+                Some(next) if !self.stopping.is_cancelled() => job = next,
+                _ => return,
+            }
+        }
+    }
+
+    /// Marks `job` finished and takes the next event of its lane, if the partition is still
+    /// the one the job came from.
+    fn finish(&self, job: &Job) -> Option<Job> {
+        let mut state = self.shared.lock();
+        let partition = state
+            .partitions
+            .get_mut(&(job.origin.topic.clone(), job.origin.partition))
+            .filter(|p| p.epoch == job.epoch)?;
+        if partition.offsets.completed(job.origin.offset).is_some() {
+            partition.unstored = true;
+        }
+        // The next event of the lane, if any, was counted in flight when it was read.
+        let next = partition.lanes.next(job.lane.as_ref());
+        state.in_flight -= 1;
+        self.shared.metrics.in_flight.set(state.in_flight as i64);
+        if state.paused && state.in_flight <= self.shared.resume_mark() {
+            self.shared.flow.notify_one();
+        }
+        next
+    }
+
+    /// Sends the event until the sink takes it, it is refused, or its attempts are used up;
+    /// then dead-letters it or, with no dead-letter topic, keeps it (and its lane) waiting.
+    /// `None` when shutdown interrupted it.
+    async fn deliver(&self, job: &Job, request: &SinkRequest) -> Option<()> {
+        let mut attempts = 0;
+        let mut sent = 0;
+        let failure = loop {
+            let pass = self.unless_stopping(self.breaker.pass()).await?;
+            let probe = pass.is_probe();
+            let answer = self.send(request).await;
+            sent += 1;
+            if !probe {
+                attempts += 1;
+            }
+            match answer {
+                SinkAnswer::Accepted { .. } => {
+                    pass.sink_answered();
+                    self.shared.metrics.delivered.inc();
+                    return Some(());
+                }
+                SinkAnswer::Rejected { status, error } => {
+                    pass.sink_answered();
+                    break Failure {
+                        reason: DeadLetterReason::Rejected,
+                        error,
+                        attempts: sent,
+                        last_status: Some(status),
+                    };
+                }
+                SinkAnswer::Retryable {
+                    status,
+                    retry_after,
+                    error,
+                } => {
+                    pass.sink_failed(retry_after);
+                    if attempts >= self.policy.attempts {
+                        break Failure {
+                            reason: DeadLetterReason::RetriesExhausted,
+                            error,
+                            attempts: sent,
+                            last_status: status,
+                        };
+                    }
+                    let wait = self.policy.wait_before(attempts.max(1), retry_after);
+                    tracing::debug!(record = %job.origin, %error, ?wait, attempt = sent, "delivery failed; retrying");
+                    self.shared.metrics.retried.inc();
+                    self.unless_stopping(tokio::time::sleep(wait)).await?;
+                }
+            }
+        };
+        if self.dead_letter_topic.is_some() {
+            self.dead_letter(job, &failure).await
+        } else {
+            self.wait_blocked(job, request, failure).await
+        }
+    }
+
+    async fn send(&self, request: &SinkRequest) -> SinkAnswer {
+        let started = Instant::now();
+        let answer = self.sink.send(request).await;
+        self.shared
+            .metrics
+            .sink_latency
+            .get_or_create(&OutcomeLabels {
+                outcome: answer.outcome(),
+            })
+            .observe(started.elapsed().as_secs_f64());
+        answer
+    }
+
+    /// With no dead-letter topic, a failed event holds its place: its lane waits, its
+    /// offset is not committed, `/readyz` says so. It is tried again every `maxBackoff`,
+    /// so it goes through by itself once the sink is fixed.
+    async fn wait_blocked(&self, job: &Job, request: &SinkRequest, failure: Failure) -> Option<()> {
+        tracing::error!(record = %job.origin, error = %failure.error, attempts = failure.attempts, "delivery failed and no dead-letter topic is configured: the event blocks its key (or partition) until the sink takes it");
+        self.set_blocked(&job.origin, Some(failure.error));
+        let delivered = loop {
+            let Some(()) = self
+                .unless_stopping(tokio::time::sleep(self.policy.max_backoff))
+                .await
+            else {
+                break None;
+            };
+            let Some(pass) = self.unless_stopping(self.breaker.pass()).await else {
+                break None;
+            };
+            match self.send(request).await {
+                SinkAnswer::Accepted { .. } => {
+                    pass.sink_answered();
+                    self.shared.metrics.delivered.inc();
+                    tracing::info!(record = %job.origin, "the blocked event was delivered");
+                    break Some(());
+                }
+                SinkAnswer::Rejected { error, .. } => {
+                    pass.sink_answered();
+                    self.set_blocked(&job.origin, Some(error));
+                }
+                SinkAnswer::Retryable {
+                    retry_after, error, ..
+                } => {
+                    pass.sink_failed(retry_after);
+                    self.set_blocked(&job.origin, Some(error));
+                }
+            }
+            self.shared.metrics.retried.inc();
+        };
+        self.set_blocked(&job.origin, None);
+        delivered
+    }
+
+    fn set_blocked(&self, origin: &RecordOrigin, error: Option<String>) {
+        let mut state = self.shared.lock();
+        match error {
+            Some(error) => {
+                state.blocked.insert(origin.clone(), error);
+            }
+            None => {
+                state.blocked.remove(origin);
+            }
+        }
+        self.shared.metrics.blocked.set(state.blocked.len() as i64);
+    }
+
+    /// Writes the original record with the failure in its headers to the dead-letter topic,
+    /// trying until Kafka takes it: only then is the event finished.
+    async fn dead_letter(&self, job: &Job, failure: &Failure) -> Option<()> {
+        let topic = self
+            .dead_letter_topic
+            .as_deref()
+            .expect("dead-lettering only with a dead-letter topic");
+        let headers = dead_letter_headers(job.record.headers(), &job.origin, failure);
+        let mut tries = 0;
+        loop {
+            let mut record: FutureRecord<'_, [u8], [u8]> =
+                FutureRecord::to(topic).headers(headers.clone());
+            if let Some(key) = job.record.key() {
+                record = record.key(key);
+            }
+            if let Some(payload) = job.record.payload() {
+                record = record.payload(payload);
+            }
+            match self.producer.send(record, PRODUCE_TIMEOUT).await {
+                Ok(_) => {
+                    self.shared
+                        .metrics
+                        .dead_lettered
+                        .get_or_create(&ReasonLabels {
+                            reason: failure.reason.as_str(),
+                        })
+                        .inc();
+                    self.shared.lock().dead_letter_failing = None;
+                    tracing::warn!(record = %job.origin, reason = failure.reason.as_str(), error = %failure.error, attempts = failure.attempts, dead_letter_topic = topic, "dead-lettered");
+                    return Some(());
+                }
+                Err((error, _)) => {
+                    tries += 1;
+                    tracing::error!(record = %job.origin, %error, dead_letter_topic = topic, "writing to the dead-letter topic failed; retrying");
+                    self.shared.lock().dead_letter_failing = Some(format!("`{topic}`: {error}"));
+                    self.unless_stopping(tokio::time::sleep(self.policy.backoff(tries)))
+                        .await?;
+                }
+            }
+        }
+    }
+
+    async fn unless_stopping<F: Future>(&self, work: F) -> Option<F::Output> {
+        tokio::select! {
+            biased;
+            _ = self.stopping.cancelled() => None,
+            output = work => Some(output),
+        }
+    }
+}
+
+/// Announces this instance's phases on the lifecycle topic. Best effort: a missing topic
+/// must not keep events from being delivered, so failures are logged, not waited on.
+struct Lifecycle {
+    producer: FutureProducer,
+    topic: String,
+    instance: String,
+}
+
+impl Lifecycle {
+    fn announce(&self, phase: LifecyclePhase) {
+        let event = lifecycle_event(SERVICE_NAME, &self.instance, phase);
+        let record = FutureRecord::to(&self.topic)
+            .key(event.kafka_key())
+            .headers(event.to_kafka_headers())
+            .payload(&event.data);
+        match self.producer.send_result(record) {
+            Ok(delivery) => {
+                let topic = self.topic.clone();
+                tokio::spawn(async move {
+                    if let Ok(Err((error, _))) = delivery.await {
+                        tracing::warn!(%error, topic, phase = phase.as_str(), "publishing a lifecycle event failed");
+                    }
+                });
+            }
+            Err((error, _)) => {
+                tracing::warn!(%error, phase = phase.as_str(), "publishing a lifecycle event failed")
+            }
+        }
+    }
+}
+
+/// The Pod name in Kubernetes, else the host name, else the process id.
+fn instance_name() -> String {
+    ["POD_NAME", "HOSTNAME"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| format!("{SERVICE_NAME}-{}", std::process::id()))
+}
+
+fn set_default(config: &mut ClientConfig, key: &str, value: &str) {
+    if config.get(key).is_none() {
+        config.set(key, value);
+    }
+}
+
+/// The group consumer's librdkafka settings: the user's `kafka` block, then what the
+/// delivery guarantee rests on (the config refuses user values for those).
+pub fn consumer_config(config: &ConsumerConfig) -> ClientConfig {
+    let mut client = config.kafka.client_config();
+    set_default(&mut client, "client.id", SERVICE_NAME);
+    set_default(&mut client, "statistics.interval.ms", "5000");
+    set_default(&mut client, "auto.commit.interval.ms", "1000");
+    // librdkafka prefetches up to 64 MiB per client by default; a few MiB keep the
+    // consumer small without starving it.
+    set_default(&mut client, "queued.max.messages.kbytes", "8192");
+    client
+        .set("group.id", &config.group_id)
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.auto.commit", "true")
+        .set(
+            "auto.offset.reset",
+            match config.start_from {
+                StartFrom::Earliest => "earliest",
+                StartFrom::Latest => "latest",
+            },
+        );
+    client
+}
+
+/// The producer for dead-letter and lifecycle records: acknowledged by all in-sync
+/// replicas, idempotent, and keyed the way the Java and Python clients key.
+fn producer_config(config: &ConsumerConfig) -> ClientConfig {
+    let mut client = config.kafka.client_config();
+    set_default(&mut client, "client.id", SERVICE_NAME);
+    set_default(&mut client, "acks", "all");
+    set_default(&mut client, "enable.idempotence", "true");
+    set_default(&mut client, "partitioner", "murmur2_random");
+    set_default(
+        &mut client,
+        "message.timeout.ms",
+        &PRODUCE_TIMEOUT.as_millis().to_string(),
+    );
+    client
+}

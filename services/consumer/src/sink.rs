@@ -1,0 +1,179 @@
+//! The HTTP sink: each event is POSTed as a CloudEvent in binary content mode, and the answer
+//! is sorted into accepted, worth retrying, or refused for good.
+
+use std::time::{Duration, SystemTime};
+
+use bridge_events::CloudEvent;
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+
+use crate::retry::parse_retry_after;
+
+/// How much of a refusing sink's answer is kept for the logs and the dead-letter headers.
+const ERROR_BODY_LIMIT: usize = 512;
+
+/// What one delivery attempt came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkAnswer {
+    /// 2xx: the sink has the event.
+    Accepted { status: u16 },
+    /// A network error, a timeout, 408, 429 or 5xx: the same event may succeed later.
+    Retryable {
+        status: Option<u16>,
+        retry_after: Option<Duration>,
+        error: String,
+    },
+    /// Any other answer (4xx, or a redirect, which is not followed because it would turn
+    /// the POST into a GET): trying again would get the same.
+    Rejected { status: u16, error: String },
+}
+
+impl SinkAnswer {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Accepted { status } | Self::Rejected { status, .. } => Some(*status),
+            Self::Retryable { status, .. } => *status,
+        }
+    }
+
+    /// The label of this outcome in the metrics.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::Accepted { .. } => "accepted",
+            Self::Retryable { .. } => "retryable",
+            Self::Rejected { .. } => "rejected",
+        }
+    }
+}
+
+/// An event ready to be sent as often as needed: its headers and body built once.
+#[derive(Debug, Clone)]
+pub struct SinkRequest {
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl SinkRequest {
+    /// Fails when an attribute cannot be an HTTP header (the binding percent-encodes values,
+    /// so only a malformed extension name can).
+    pub fn new(event: CloudEvent) -> Result<Self, String> {
+        let mut headers = HeaderMap::new();
+        for (name, value) in event.http_binary_headers() {
+            let header = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("the attribute `{name}` cannot be an HTTP header name"))?;
+            let value = HeaderValue::from_str(&value)
+                .map_err(|_| format!("the value of `{name}` cannot be an HTTP header value"))?;
+            headers.append(header, value);
+        }
+        Ok(Self {
+            headers,
+            body: Bytes::from(event.data),
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SinkClient {
+    http: reqwest::Client,
+    url: reqwest::Url,
+    timeout: Duration,
+}
+
+impl SinkClient {
+    pub fn new(url: reqwest::Url, timeout: Duration) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(Self { http, url, timeout })
+    }
+
+    pub fn url(&self) -> &reqwest::Url {
+        &self.url
+    }
+
+    /// One attempt: POST the event and sort the answer.
+    pub async fn send(&self, request: &SinkRequest) -> SinkAnswer {
+        let sent = self
+            .http
+            .post(self.url.clone())
+            .headers(request.headers.clone())
+            .body(request.body.clone())
+            .send()
+            .await;
+        let response = match sent {
+            Ok(response) => response,
+            Err(error) => return self.transport_failure(&error),
+        };
+        let status = response.status();
+        if status.is_success() {
+            // Read the answer to the end so the connection goes back to the pool.
+            let _ = response.bytes().await;
+            return SinkAnswer::Accepted {
+                status: status.as_u16(),
+            };
+        }
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| parse_retry_after(value, SystemTime::now()));
+        let error = describe_refusal(status, response).await;
+        let code = status.as_u16();
+        if code == 408 || code == 429 || status.is_server_error() {
+            SinkAnswer::Retryable {
+                status: Some(code),
+                retry_after,
+                error,
+            }
+        } else {
+            SinkAnswer::Rejected {
+                status: code,
+                error,
+            }
+        }
+    }
+
+    fn transport_failure(&self, error: &reqwest::Error) -> SinkAnswer {
+        let error = if error.is_timeout() {
+            format!("the sink did not answer within {:?}", self.timeout)
+        } else {
+            format!("could not reach the sink: {}", error_chain(error))
+        };
+        SinkAnswer::Retryable {
+            status: None,
+            retry_after: None,
+            error,
+        }
+    }
+}
+
+async fn describe_refusal(status: reqwest::StatusCode, mut response: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    while body.len() < ERROR_BODY_LIMIT {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    body.truncate(ERROR_BODY_LIMIT);
+    let body = String::from_utf8_lossy(&body);
+    let body = body.trim();
+    if body.is_empty() {
+        format!("the sink answered {status}")
+    } else {
+        format!("the sink answered {status}: {body}")
+    }
+}
+
+/// The error and its causes on one line: reqwest's own message names only the URL.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,243 @@
+//! Runs bridge-operator as a real process against the local stack, and reads what it did
+//! from the broker and from its own metrics.
+
+#![allow(dead_code)] // each test binary uses its own part of this support module
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bridge_api::EventTopic;
+use bridge_e2e::{Stack, eventually};
+use kube::api::{Api, PostParams};
+use rdkafka::admin::{
+    AdminClient, AdminOptions, ConfigSource, NewTopic, ResourceSpecifier, TopicReplication,
+};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::RDKafkaErrorCode;
+
+pub const BOUND: Duration = Duration::from_secs(60);
+/// The resync interval the tests run the operator with, so drift shows within seconds.
+pub const RESYNC: Duration = Duration::from_secs(3);
+
+pub struct Operator {
+    child: Child,
+    pub admin: SocketAddr,
+    pub log: std::path::PathBuf,
+}
+
+impl Operator {
+    /// Starts the operator watching `namespaces` (its leader-election Lease lives in the
+    /// first), and waits until it leads and serves `/readyz`.
+    pub async fn start(namespaces: &[&str]) -> Self {
+        let stack = Stack::from_env().unwrap();
+        let admin = free_address();
+        let log_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("operator-logs");
+        std::fs::create_dir_all(&log_dir).unwrap();
+        let log = log_dir.join(format!("{}.log", namespaces[0]));
+        let log_file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_bridge-operator"))
+            .args([
+                "--watch-namespaces",
+                &namespaces.join(","),
+                "--resync-interval",
+                &format!("{}s", RESYNC.as_secs()),
+                "--admin-listen",
+                &admin.to_string(),
+                "--leader-election-namespace",
+                namespaces[0],
+                "--identity",
+                &format!("test-{}", namespaces[0]),
+            ])
+            .env("KAFKA_BOOTSTRAP_SERVERS", &stack.kafka_bootstrap_servers)
+            .env("RUST_LOG", "info,kube=warn")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("bridge-operator starts");
+        let operator = Self { child, admin, log };
+        let url = format!("http://{admin}/readyz");
+        eventually("the operator to be ready", BOUND, || async {
+            let response = reqwest::get(&url).await.ok()?;
+            response.status().is_success().then_some(())
+        })
+        .await;
+        operator
+    }
+
+    /// The sum of every sample of `metric` (any labels) on the operator's /metrics.
+    pub async fn metric(&self, metric: &str) -> f64 {
+        let body = reqwest::get(format!("http://{}/metrics", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        body.lines()
+            .filter(|line| {
+                line.strip_prefix(metric)
+                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGKILL: the operator gets no chance to finish what it was doing.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_address() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+pub fn event_topic(name: &str, spec: serde_json::Value) -> EventTopic {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "bridge.omninode.io/v1alpha1",
+        "kind": "EventTopic",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+pub async fn create(api: &Api<EventTopic>, topic: &EventTopic) {
+    api.create(&PostParams::default(), topic).await.unwrap();
+}
+
+/// Waits until the object's `Ready` condition has `status` and `reason`; returns its message.
+pub async fn wait_ready(api: &Api<EventTopic>, name: &str, status: &str, reason: &str) -> String {
+    eventually(
+        &format!("{name}: Ready={status} ({reason})"),
+        BOUND,
+        || async {
+            let topic = api.get(name).await.ok()?;
+            let ready = condition(&topic, "Ready")?;
+            (ready.status == status && ready.reason == reason).then_some(ready.message)
+        },
+    )
+    .await
+}
+
+pub fn condition(
+    topic: &EventTopic,
+    type_: &str,
+) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    bridge_api::find_condition(&topic.status.as_ref()?.conditions, type_).cloned()
+}
+
+/// A Kafka topic as the broker reports it: partitions, replication factor, and the configs
+/// set on the topic itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BrokerTopic {
+    pub partitions: usize,
+    pub replication_factor: usize,
+    pub configs: BTreeMap<String, String>,
+}
+
+pub struct Broker {
+    admin: AdminClient<DefaultClientContext>,
+}
+
+impl Broker {
+    pub fn connect() -> Self {
+        let admin = Stack::from_env().unwrap().kafka_config().create().unwrap();
+        Self { admin }
+    }
+
+    pub async fn describe(&self, topic: &str) -> Option<BrokerTopic> {
+        let metadata = self
+            .admin
+            .inner()
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .ok()?;
+        let described = metadata.topics().first()?;
+        if described.error().is_some() || described.partitions().is_empty() {
+            return None;
+        }
+        let configs = self
+            .admin
+            .describe_configs(&[ResourceSpecifier::Topic(topic)], &AdminOptions::new())
+            .await
+            .ok()?
+            .pop()?
+            .ok()?
+            .entries
+            .into_iter()
+            .filter(|e| matches!(e.source, ConfigSource::DynamicTopic))
+            .filter_map(|e| Some((e.name, e.value?)))
+            .collect();
+        Some(BrokerTopic {
+            partitions: described.partitions().len(),
+            replication_factor: described.partitions()[0].replicas().len(),
+            configs,
+        })
+    }
+
+    /// Waits until `check` holds for the topic on the broker (`None`: absent).
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        topic: &str,
+        check: impl Fn(Option<&BrokerTopic>) -> bool,
+    ) -> Option<BrokerTopic> {
+        eventually(what, BOUND, || async {
+            let described = self.describe(topic).await;
+            check(described.as_ref()).then_some(described)
+        })
+        .await
+    }
+
+    pub async fn create_topic(&self, topic: &str, partitions: i32, configs: &[(&str, &str)]) {
+        let mut new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(3));
+        for (key, value) in configs {
+            new_topic = new_topic.set(key, value);
+        }
+        let result = self
+            .admin
+            .create_topics(&[new_topic], &AdminOptions::new())
+            .await
+            .unwrap();
+        match result.into_iter().next().unwrap() {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => panic!("creating {topic}: {code}"),
+        }
+    }
+
+    /// Sets the topic's whole config set, as an out-of-band change by someone else.
+    pub async fn set_configs(&self, topic: &str, configs: &[(&str, &str)]) {
+        let mut alter = rdkafka::admin::AlterConfig::new(ResourceSpecifier::Topic(topic));
+        for (key, value) in configs {
+            alter = alter.set(key, value);
+        }
+        let result = self
+            .admin
+            .alter_configs(&[alter], &AdminOptions::new())
+            .await
+            .unwrap();
+        result.into_iter().next().unwrap().expect("configs altered");
+    }
+
+    pub async fn delete_topic(&self, topic: &str) {
+        let result = self
+            .admin
+            .delete_topics(&[topic], &AdminOptions::new())
+            .await
+            .unwrap();
+        result.into_iter().next().unwrap().expect("topic deleted");
+    }
+}

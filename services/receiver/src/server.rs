@@ -1,0 +1,236 @@
+//! The webhook side: one POST route per configured path. Each request is verified, turned
+//! into a CloudEvent, deduplicated and made durable before it is answered 2xx.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use bridge_events::CloudEvent;
+use serde_json::json;
+use tower_http::timeout::RequestBodyTimeoutLayer;
+
+use crate::auth::{AuthFailure, Verifier};
+use crate::dedupe::{Claim, Dedupe};
+use crate::extract::EventRules;
+use crate::metrics::{Outcome, SignatureLabels};
+use crate::publisher::{Durable, Publisher, kafka_record};
+use crate::spool::SpoolError;
+
+/// Seconds a sender is asked to wait when the spool is full.
+const RETRY_AFTER_SECS: u64 = 5;
+
+pub struct Route {
+    pub name: String,
+    pub path: String,
+    pub topic: String,
+    pub verifier: Verifier,
+    pub rules: EventRules,
+    pub max_body_bytes: usize,
+    pub dedupe_window: Option<Duration>,
+}
+
+pub struct Receiver {
+    pub publisher: Arc<Publisher>,
+    pub dedupe: Dedupe,
+    pub audit: AuditLimiter,
+    pub audit_topic: String,
+    pub metrics: crate::metrics::Metrics,
+}
+
+pub fn router(receiver: Arc<Receiver>, routes: Vec<Route>, read_timeout: Duration) -> Router {
+    let mut router = Router::new();
+    for route in routes {
+        let route = Arc::new(route);
+        let path = route.path.clone();
+        let limit = route.max_body_bytes;
+        let receiver = receiver.clone();
+        let handler =
+            move |ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, body: Bytes| {
+                let receiver = receiver.clone();
+                let route = route.clone();
+                async move { receiver.receive(&route, peer, &headers, body).await }
+            };
+        router = router.route(&path, post(handler).layer(DefaultBodyLimit::max(limit)));
+    }
+    router.layer(RequestBodyTimeoutLayer::new(read_timeout))
+}
+
+fn answer(status: StatusCode, body: serde_json::Value) -> Response {
+    (status, axum::Json(body)).into_response()
+}
+
+impl Receiver {
+    async fn receive(
+        &self,
+        route: &Route,
+        peer: SocketAddr,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Response {
+        let now = jiff::Timestamp::now();
+        if let Err(failure) = route.verifier.verify(headers, &body, now.as_second()) {
+            self.refuse_signature(route, peer, failure.clone());
+            return answer(
+                StatusCode::UNAUTHORIZED,
+                json!({"error": format!("not authenticated: {failure}")}),
+            );
+        }
+        let extracted = match route.rules.extract(headers, &body, now) {
+            Ok(extracted) => extracted,
+            Err(reason) => {
+                self.metrics.request(&route.name, Outcome::bad_request);
+                return answer(
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": reason.to_string()}),
+                );
+            }
+        };
+        let event = extracted.event;
+        let claim = match route.dedupe_window {
+            Some(window) if extracted.sender_delivery_id => {
+                // Source and id identify a CloudEvent; posted events carry their own source.
+                let key = format!("{}\n{}", event.source, event.id);
+                match self.dedupe.claim(&route.name, &key, window).await {
+                    Claim::Duplicate => {
+                        self.metrics.request(&route.name, Outcome::duplicate);
+                        return answer(
+                            StatusCode::OK,
+                            json!({"id": event.id, "status": "duplicate"}),
+                        );
+                    }
+                    Claim::First(guard) => Some(guard),
+                }
+            }
+            _ => None,
+        };
+        match self
+            .publisher
+            .publish(kafka_record(&route.topic, &event))
+            .await
+        {
+            Ok(durable) => {
+                if let Some(guard) = claim {
+                    guard.durable();
+                }
+                let (outcome, status) = match durable {
+                    Durable::Kafka => (Outcome::published, "published"),
+                    Durable::Spool => (Outcome::spooled, "spooled"),
+                };
+                self.metrics.request(&route.name, outcome);
+                answer(StatusCode::OK, json!({"id": event.id, "status": status}))
+            }
+            Err(error) => {
+                self.metrics.request(&route.name, Outcome::unavailable);
+                let reason = match error {
+                    SpoolError::Full => {
+                        "Kafka is unavailable and the spool is full; retry later".to_owned()
+                    }
+                    SpoolError::Io(detail) => {
+                        format!("the event could not be made durable: {detail}")
+                    }
+                };
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [(header::RETRY_AFTER, RETRY_AFTER_SECS.to_string())],
+                    axum::Json(json!({"error": reason})),
+                )
+                    .into_response()
+            }
+        }
+    }
+
+    fn refuse_signature(&self, route: &Route, peer: SocketAddr, failure: AuthFailure) {
+        self.metrics.request(&route.name, Outcome::unauthorized);
+        self.metrics
+            .signature_failures
+            .get_or_create(&SignatureLabels {
+                route: route.name.clone(),
+                reason: failure.reason(),
+            })
+            .inc();
+        tracing::info!(route = %route.name, %peer, %failure, "refused a webhook");
+        if !self.audit.allow() {
+            self.metrics.audit_events_suppressed.inc();
+            return;
+        }
+        let mut event = CloudEvent::new(
+            uuid::Uuid::new_v4().to_string(),
+            route.rules.source.clone(),
+            "io.omninode.bridge.audit.signature-rejected",
+            format!("audit/{}", route.rules.source),
+            json!({
+                "route": route.name,
+                "path": route.path,
+                "reason": failure.reason(),
+                "detail": failure.to_string(),
+                "peer": peer.ip().to_string(),
+            })
+            .to_string()
+            .into_bytes(),
+        );
+        event.time = Some(jiff::Timestamp::now().to_string());
+        event.subject = Some(route.name.clone());
+        event.datacontenttype = Some("application/json".into());
+        event.schema_version = Some("1".into());
+        let publisher = self.publisher.clone();
+        let topic = self.audit_topic.clone();
+        tokio::spawn(async move {
+            if !publisher
+                .publish_best_effort(&topic, &event, Duration::from_secs(10))
+                .await
+            {
+                tracing::debug!("an audit event was not published (Kafka unavailable)");
+            }
+        });
+    }
+}
+
+/// A token bucket: `rate` events per second, bursts of up to ten seconds' worth, so a flood
+/// of bad signatures cannot flood the audit topic.
+pub struct AuditLimiter {
+    rate: f64,
+    bucket: Mutex<(f64, Instant)>,
+}
+
+impl AuditLimiter {
+    pub fn new(per_second: u32) -> Self {
+        let rate = f64::from(per_second);
+        Self {
+            rate,
+            bucket: Mutex::new((rate * 10.0, Instant::now())),
+        }
+    }
+
+    pub fn allow(&self) -> bool {
+        let mut bucket = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let (tokens, last) = *bucket;
+        let tokens =
+            (tokens + now.duration_since(last).as_secs_f64() * self.rate).min(self.rate * 10.0);
+        if tokens >= 1.0 {
+            *bucket = (tokens - 1.0, now);
+            true
+        } else {
+            *bucket = (tokens, now);
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_audit_limiter_passes_a_burst_then_the_rate() {
+        let limiter = AuditLimiter::new(2);
+        let passed = (0..100).filter(|_| limiter.allow()).count();
+        assert_eq!(passed, 20);
+    }
+}

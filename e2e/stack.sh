@@ -7,8 +7,8 @@
 #   e2e/stack.sh env           export lines: eval "$(e2e/stack.sh env)"
 #   e2e/stack.sh status        one line per component: up or down
 #   e2e/stack.sh down          stop what `up` started (by pid); keeps caches and run data
-#   e2e/stack.sh kafka-stop N  stop broker N (1..3), for fault tests
-#   e2e/stack.sh kafka-start N start broker N again and wait until it has rejoined
+#   e2e/stack.sh kafka-stop N.. stop brokers (1..3) together, for fault tests
+#   e2e/stack.sh kafka-start N.. start them again and wait until they have registered
 #   e2e/stack.sh build         only build / fetch the components into the cache
 #
 # Builds are cached under ~/.cache/omninode-bridge/<component>-<version>/ (override with
@@ -619,24 +619,33 @@ cmd_down() {
   log "stopped; caches in $CACHE and run data in $RUN are kept"
 }
 
-broker_arg() {
-  case ${1:-} in
-    1 | 2 | 3) ;;
-    *) die "name a broker: 1, 2 or 3" ;;
-  esac
+brokers_arg() { # broker ids: 1, 2 or 3, at least one
+  [ $# -gt 0 ] || die "name one or more brokers: 1, 2 or 3"
+  local n
+  for n in "$@"; do
+    case $n in
+      1 | 2 | 3) ;;
+      *) die "no broker '$n': name 1, 2 or 3" ;;
+    esac
+  done
 }
 
+# Several brokers stop together and start together: a lone broker of a three-voter quorum
+# can neither shut down cleanly nor register until a second one is back.
 cmd_kafka_stop() {
-  broker_arg "${1:-}"
-  stop "kafka-$1"
-  log "kafka-$1 stopped"
+  brokers_arg "$@"
+  local n names=()
+  for n in "$@"; do names+=("kafka-$n"); done
+  stop "${names[@]}"
+  log "stopped ${names[*]}"
 }
 
 cmd_kafka_start() {
-  broker_arg "${1:-}"
-  start_kafka "$1"
-  wait_until "kafka-$1" kafka_broker_in_metadata "$1"
-  log "kafka-$1 started and registered"
+  brokers_arg "$@"
+  local n
+  for n in "$@"; do start_kafka "$n"; done
+  for n in "$@"; do wait_until "kafka-$n" kafka_broker_in_metadata "$n"; done
+  log "started and registered: broker(s) $*"
 }
 
 case ${1:-} in
@@ -645,8 +654,8 @@ case ${1:-} in
   status) cmd_status ;;
   down) cmd_down ;;
   build) build_all ;;
-  kafka-stop) cmd_kafka_stop "${2:-}" ;;
-  kafka-start) cmd_kafka_start "${2:-}" ;;
+  kafka-stop) cmd_kafka_stop "${@:2}" ;;
+  kafka-start) cmd_kafka_start "${@:2}" ;;
   *)
     sed -n '6,12p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2

@@ -75,18 +75,31 @@ impl Stack {
 
     /// Stops one broker (1, 2 or 3) and waits until its process has exited.
     pub fn kafka_stop(&self, broker: u8) -> Result<(), StackError> {
-        stack_command(&["kafka-stop", &broker.to_string()])
+        self.kafka_stop_brokers(&[broker])
     }
 
     /// Starts one broker again and waits until it has registered with the cluster.
     pub fn kafka_start(&self, broker: u8) -> Result<(), StackError> {
-        stack_command(&["kafka-start", &broker.to_string()])
+        self.kafka_start_brokers(&[broker])
+    }
+
+    /// Stops several brokers together (a lone survivor of the quorum could not shut down
+    /// cleanly after the others).
+    pub fn kafka_stop_brokers(&self, brokers: &[u8]) -> Result<(), StackError> {
+        stack_command("kafka-stop", brokers)
+    }
+
+    /// Starts several brokers together: with the quorum gone, none can register alone.
+    pub fn kafka_start_brokers(&self, brokers: &[u8]) -> Result<(), StackError> {
+        stack_command("kafka-start", brokers)
     }
 }
 
-fn stack_command(args: &[&str]) -> Result<(), StackError> {
+fn stack_command(command: &str, brokers: &[u8]) -> Result<(), StackError> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("stack.sh");
-    let output = Command::new("bash").arg(script).args(args).output()?;
+    let mut args = vec![command.to_owned()];
+    args.extend(brokers.iter().map(u8::to_string));
+    let output = Command::new("bash").arg(script).args(&args).output()?;
     if output.status.success() {
         Ok(())
     } else {

@@ -36,14 +36,16 @@ HELM_DIR=$CACHE/helm-$HELM_VERSION
 KAFKA_DIR=$CACHE/kafka-$KAFKA_VERSION
 
 # Ports, chosen away from the defaults so a developer's own cluster or broker is untouched.
-ETCD_PORT=12379
-ETCD_PEER_PORT=12380
-APISERVER_PORT=16443
-KCM_PORT=16257
-SCHEDULER_PORT=16259
-KWOK_PORT=16247
-KAFKA_BROKER_PORTS=(19092 19094 19096)
-KAFKA_CONTROLLER_PORTS=(19093 19095 19097)
+# OMNINODE_PORT_OFFSET shifts them all, so a second checkout can run a stack of its own.
+P=${OMNINODE_PORT_OFFSET:-0}
+ETCD_PORT=$((12379 + P))
+ETCD_PEER_PORT=$((12380 + P))
+APISERVER_PORT=$((16443 + P))
+KCM_PORT=$((16257 + P))
+SCHEDULER_PORT=$((16259 + P))
+KWOK_PORT=$((16247 + P))
+KAFKA_BROKER_PORTS=($((19092 + P)) $((19094 + P)) $((19096 + P)))
+KAFKA_CONTROLLER_PORTS=($((19093 + P)) $((19095 + P)) $((19097 + P)))
 KAFKA_NODES=(1 2 3)
 # Pod IPs handed out by kwok: loopback, so anything that follows an EndpointSlice stays on
 # this machine. Service cluster IPs are only allocated, never routed to.
@@ -180,8 +182,7 @@ fetch_kafka() {
 build_all() {
   check_prerequisites
   mkdir -p "$CACHE/logs"
-  local names=(kubernetes etcd kwok helm kafka) pids=() failed=0 started
-  started=$(date +%s)
+  local names=(kubernetes etcd kwok helm kafka) pids=() failed=0
   for name in "${names[@]}"; do
     local fn=build_$name
     [ "$name" = kafka ] && fn=fetch_kafka
@@ -190,13 +191,17 @@ build_all() {
       continue
     fi
     log "building $name (log: $CACHE/logs/$name.log)"
-    ("$fn" > "$CACHE/logs/$name.log" 2>&1) &
+    (
+      t0=$SECONDS
+      "$fn" > "$CACHE/logs/$name.log" 2>&1
+      echo $((SECONDS - t0)) > "$CACHE/logs/$name.seconds"
+    ) &
     pids+=("$!")
   done
   for i in "${!names[@]}"; do
     [ -z "${pids[$i]}" ] && continue
     if wait "${pids[$i]}"; then
-      log "built ${names[$i]} ($(($(date +%s) - started)) s since the builds started)"
+      log "built ${names[$i]} in $(cat "$CACHE/logs/${names[$i]}.seconds") s (side by side with the other builds)"
     else
       failed=1
       printf 'stack: building %s failed; last lines of %s:\n' "${names[$i]}" "$CACHE/logs/${names[$i]}.log" >&2

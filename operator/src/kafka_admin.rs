@@ -82,12 +82,14 @@ impl AdminError {
 }
 
 type DescribeReply = oneshot::Sender<Result<Option<ObservedTopic>, AdminError>>;
+type CreateReply = oneshot::Sender<Result<(), AdminError>>;
 
 /// A handle on Kafka's admin API, cheap to clone.
 #[derive(Clone)]
 pub struct TopicAdmin {
     admin: Arc<AdminClient<DefaultClientContext>>,
     describe_requests: mpsc::Sender<(String, DescribeReply)>,
+    create_requests: mpsc::Sender<(DesiredTopic, CreateReply)>,
     audit_topic_exists: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
 }
@@ -104,9 +106,12 @@ impl TopicAdmin {
             audit_topic_exists.clone(),
             metrics.clone(),
         ));
+        let (create_requests, creates) = mpsc::channel(BATCH_MAX);
+        tokio::spawn(create_batches(admin.clone(), creates, metrics.clone()));
         Ok(Self {
             admin,
             describe_requests,
+            create_requests,
             audit_topic_exists,
             metrics,
         })
@@ -135,22 +140,16 @@ impl TopicAdmin {
             .operation_timeout(Some(REQUEST_TIMEOUT))
     }
 
+    /// Creates the topic; creations from many reconciles share one CreateTopics request.
     pub async fn create(&self, topic: &DesiredTopic) -> Result<(), AdminError> {
-        let _timer = self.metrics.admin_call("create_topics");
-        let mut new_topic = NewTopic::new(
-            &topic.name,
-            topic.partitions,
-            TopicReplication::Fixed(topic.replication_factor),
-        );
-        for (key, value) in &topic.configs {
-            new_topic = new_topic.set(key, value);
-        }
-        let result = self
-            .admin
-            .create_topics(&[new_topic], &Self::options())
+        let (reply, answer) = oneshot::channel();
+        self.create_requests
+            .send((topic.clone(), reply))
             .await
-            .map_err(AdminError::from_kafka)?;
-        single_result(result)
+            .map_err(|_| AdminError::Unavailable("the admin client has shut down".into()))?;
+        answer
+            .await
+            .map_err(|_| AdminError::Unavailable("the admin client has shut down".into()))?
     }
 
     /// Writes the topic's whole config set (Kafka's AlterConfigs replaces it).
@@ -216,6 +215,24 @@ fn single_result(
     }
 }
 
+/// The requests waiting now, and those arriving within [`BATCH_WINDOW`] after `first`, up
+/// to [`BATCH_MAX`].
+async fn gather<T>(first: T, requests: &mut mpsc::Receiver<T>) -> Vec<T> {
+    let mut batch = vec![first];
+    let window = tokio::time::sleep(BATCH_WINDOW);
+    tokio::pin!(window);
+    while batch.len() < BATCH_MAX {
+        tokio::select! {
+            request = requests.recv() => match request {
+                Some(request) => batch.push(request),
+                None => break,
+            },
+            _ = &mut window => break,
+        }
+    }
+    batch
+}
+
 /// Serves describe requests in batches until every sender is gone.
 async fn describe_batches(
     admin: Arc<AdminClient<DefaultClientContext>>,
@@ -224,18 +241,7 @@ async fn describe_batches(
     metrics: Arc<Metrics>,
 ) {
     while let Some(first) = requests.recv().await {
-        let mut batch = vec![first];
-        let window = tokio::time::sleep(BATCH_WINDOW);
-        tokio::pin!(window);
-        while batch.len() < BATCH_MAX {
-            tokio::select! {
-                request = requests.recv() => match request {
-                    Some(request) => batch.push(request),
-                    None => break,
-                },
-                _ = &mut window => break,
-            }
-        }
+        let batch = gather(first, &mut requests).await;
         let names: Vec<String> = batch.iter().map(|(name, _)| name.clone()).collect();
         let result = describe_topics(&admin, &names, &audit_topic_exists, &metrics).await;
         for (name, reply) in batch {
@@ -244,6 +250,60 @@ async fn describe_batches(
                 Err(error) => Err(error.clone()),
             };
             let _ = reply.send(answer);
+        }
+    }
+}
+
+/// Serves create requests in batches (one CreateTopics request each) until every sender is gone.
+async fn create_batches(
+    admin: Arc<AdminClient<DefaultClientContext>>,
+    mut requests: mpsc::Receiver<(DesiredTopic, CreateReply)>,
+    metrics: Arc<Metrics>,
+) {
+    while let Some(first) = requests.recv().await {
+        let batch = gather(first, &mut requests).await;
+        let _timer = metrics.admin_call("create_topics");
+        let new_topics: Vec<NewTopic> = batch
+            .iter()
+            .map(|(topic, _)| {
+                topic.configs.iter().fold(
+                    NewTopic::new(
+                        &topic.name,
+                        topic.partitions,
+                        TopicReplication::Fixed(topic.replication_factor),
+                    ),
+                    |new_topic, (key, value)| new_topic.set(key, value),
+                )
+            })
+            .collect();
+        let results = admin
+            .create_topics(&new_topics, &TopicAdmin::options())
+            .await;
+        match results {
+            Ok(results) => {
+                // Kafka answers per topic, in request order.
+                let mut by_name: HashMap<String, Result<(), AdminError>> = results
+                    .into_iter()
+                    .map(|r| match r {
+                        Ok(name) => (name, Ok(())),
+                        Err((name, code)) => (name, Err(AdminError::from_code(code))),
+                    })
+                    .collect();
+                for (topic, reply) in batch {
+                    let answer = by_name.remove(&topic.name).unwrap_or_else(|| {
+                        Err(AdminError::Unavailable(
+                            "no result from CreateTopics".into(),
+                        ))
+                    });
+                    let _ = reply.send(answer);
+                }
+            }
+            Err(error) => {
+                let error = AdminError::from_kafka(error);
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
         }
     }
 }

@@ -6,39 +6,48 @@ mod common;
 
 use std::time::Duration;
 
-use bridge_e2e::{Stack, eventually};
+use bridge_e2e::eventually;
 use common::*;
 
-/// Starts every broker it stopped again when dropped, also on a failed assertion.
-struct BrokersDown<'a> {
-    stack: &'a Stack,
-    stopped: Vec<u8>,
+/// Runs `e2e/stack.sh` with these arguments. All three brokers stop and start in one
+/// command: a lone broker of the three-voter quorum can neither stop cleanly nor register.
+fn stack_sh(args: &[&str]) -> Result<(), String> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../e2e/stack.sh");
+    let output = std::process::Command::new("bash")
+        .arg(script)
+        .args(args)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
 }
 
-impl<'a> BrokersDown<'a> {
-    fn stop_all(stack: &'a Stack) -> Self {
-        let mut guard = BrokersDown {
-            stack,
-            stopped: Vec::new(),
-        };
-        for broker in 1..=3 {
-            // Recorded first: a stop that fails half-way is still undone.
-            guard.stopped.push(broker);
-            guard.stack.kafka_stop(broker).expect("stopping a broker");
-        }
+/// Starts the brokers again when dropped, also on a failed assertion.
+struct BrokersDown {
+    down: bool,
+}
+
+impl BrokersDown {
+    fn stop_all() -> Self {
+        // Armed before the stop: a stop that fails half-way is still undone.
+        let guard = BrokersDown { down: true };
+        stack_sh(&["kafka-stop", "1", "2", "3"]).expect("stopping the brokers");
         guard
     }
 
     fn restart(&mut self) {
-        for broker in std::mem::take(&mut self.stopped) {
-            if let Err(error) = self.stack.kafka_start(broker) {
-                eprintln!("could not restart broker {broker}: {error}");
-            }
+        if std::mem::take(&mut self.down)
+            && let Err(error) = stack_sh(&["kafka-start", "1", "2", "3"])
+        {
+            eprintln!("could not restart the brokers: {error}");
         }
     }
 }
 
-impl Drop for BrokersDown<'_> {
+impl Drop for BrokersDown {
     fn drop(&mut self) {
         self.restart();
     }
@@ -67,7 +76,7 @@ async fn with_all_brokers_down_events_are_spooled_and_all_arrive_in_key_order_af
     let load = KeyedLoad::start(format!("{}/steps", receiver.url), 6, "outage-token");
     load.wait_answered(60, Duration::from_secs(60)).await;
 
-    let mut outage = BrokersDown::stop_all(&stack);
+    let mut outage = BrokersDown::stop_all();
     // librdkafka's broker-down signal opens the breaker; no send has to time out first.
     let admin = receiver.admin_url.clone();
     eventually(

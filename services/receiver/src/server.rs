@@ -7,13 +7,12 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Request};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bridge_events::CloudEvent;
 use serde_json::json;
-use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::auth::{AuthFailure, Verifier};
 use crate::dedupe::{Claim, Dedupe};
@@ -50,15 +49,18 @@ pub fn router(receiver: Arc<Receiver>, routes: Vec<Route>, read_timeout: Duratio
         let path = route.path.clone();
         let limit = route.max_body_bytes;
         let receiver = receiver.clone();
-        let handler =
-            move |ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, body: Bytes| {
-                let receiver = receiver.clone();
-                let route = route.clone();
-                async move { receiver.receive(&route, peer, &headers, body).await }
-            };
+        let handler = move |ConnectInfo(peer): ConnectInfo<SocketAddr>, request: Request| {
+            let receiver = receiver.clone();
+            let route = route.clone();
+            async move {
+                receiver
+                    .read_and_receive(&route, peer, request, read_timeout)
+                    .await
+            }
+        };
         router = router.route(&path, post(handler).layer(DefaultBodyLimit::max(limit)));
     }
-    router.layer(RequestBodyTimeoutLayer::new(read_timeout))
+    router
 }
 
 fn answer(status: StatusCode, body: serde_json::Value) -> Response {
@@ -66,6 +68,34 @@ fn answer(status: StatusCode, body: serde_json::Value) -> Response {
 }
 
 impl Receiver {
+    async fn read_and_receive(
+        &self,
+        route: &Route,
+        peer: SocketAddr,
+        request: Request,
+        read_timeout: Duration,
+    ) -> Response {
+        let headers = request.headers().clone();
+        // One bound on the whole body, so a client trickling bytes cannot hold a connection
+        // open indefinitely. The route's DefaultBodyLimit makes an oversize body a 413 here.
+        let body = match tokio::time::timeout(read_timeout, Bytes::from_request(request, &())).await
+        {
+            Err(_) => {
+                self.metrics.request(&route.name, Outcome::bad_request);
+                return answer(
+                    StatusCode::REQUEST_TIMEOUT,
+                    json!({"error": format!("the body did not arrive within {read_timeout:?}")}),
+                );
+            }
+            Ok(Err(rejection)) => {
+                self.metrics.request(&route.name, Outcome::bad_request);
+                return rejection.into_response();
+            }
+            Ok(Ok(body)) => body,
+        };
+        self.receive(route, peer, &headers, body).await
+    }
+
     async fn receive(
         &self,
         route: &Route,

@@ -1,6 +1,7 @@
-//! R2: all three brokers stop under load. The receiver keeps answering 2xx from its spool,
-//! and once the brokers are back every acknowledged event arrives, in per-key order.
-//! This binary stops the shared brokers: it restarts them even when it fails (drop guard).
+//! R1: one broker stops under load; R2: all three stop. The receiver keeps answering 2xx
+//! (from Kafka, or from its spool), and every acknowledged event arrives, in per-key order.
+//! This binary stops the shared brokers: it restarts them even when it fails (drop guard),
+//! and its tests take turns.
 
 mod common;
 
@@ -25,24 +26,37 @@ fn stack_sh(args: &[&str]) -> Result<(), String> {
     }
 }
 
+/// One fault at a time in this binary.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Starts the brokers again when dropped, also on a failed assertion.
 struct BrokersDown {
+    brokers: &'static [&'static str],
     down: bool,
 }
 
 impl BrokersDown {
-    fn stop_all() -> Self {
+    fn stop(brokers: &'static [&'static str]) -> Self {
         // Armed before the stop: a stop that fails half-way is still undone.
-        let guard = BrokersDown { down: true };
-        stack_sh(&["kafka-stop", "1", "2", "3"]).expect("stopping the brokers");
+        let guard = BrokersDown {
+            brokers,
+            down: true,
+        };
+        let args: Vec<&str> = std::iter::once("kafka-stop")
+            .chain(brokers.iter().copied())
+            .collect();
+        stack_sh(&args).expect("stopping brokers");
         guard
     }
 
     fn restart(&mut self) {
+        let args: Vec<&str> = std::iter::once("kafka-start")
+            .chain(self.brokers.iter().copied())
+            .collect();
         if std::mem::take(&mut self.down)
-            && let Err(error) = stack_sh(&["kafka-start", "1", "2", "3"])
+            && let Err(error) = stack_sh(&args)
         {
-            eprintln!("could not restart the brokers: {error}");
+            eprintln!("could not restart brokers {:?}: {error}", self.brokers);
         }
     }
 }
@@ -55,6 +69,7 @@ impl Drop for BrokersDown {
 
 #[tokio::test]
 async fn with_all_brokers_down_events_are_spooled_and_all_arrive_in_key_order_afterwards() {
+    let _turn = TURN.lock().await;
     let stack = stack();
     let topic = create_topic(&stack, 6).await;
     let dir = scratch_dir("outage");
@@ -76,7 +91,7 @@ async fn with_all_brokers_down_events_are_spooled_and_all_arrive_in_key_order_af
     let load = KeyedLoad::start(format!("{}/steps", receiver.url), 6, "outage-token");
     load.wait_answered(60, Duration::from_secs(60)).await;
 
-    let mut outage = BrokersDown::stop_all();
+    let mut outage = BrokersDown::stop(&["1", "2", "3"]);
     // librdkafka's broker-down signal opens the breaker; no send has to time out first.
     let admin = receiver.admin_url.clone();
     eventually(
@@ -140,4 +155,49 @@ async fn with_all_brokers_down_events_are_spooled_and_all_arrive_in_key_order_af
         acknowledged.len(),
         messages.len()
     );
+}
+
+#[tokio::test]
+async fn with_one_broker_down_every_acknowledged_event_arrives_once() {
+    let _turn = TURN.lock().await;
+    let stack = stack();
+    let topic = create_topic(&stack, 6).await;
+    let dir = scratch_dir("one-down");
+    let secret = dir.join("token");
+    std::fs::write(&secret, "one-down-token").unwrap();
+    let routes = format!(
+        "  - name: steps\n    path: /steps\n    topic: {topic}\n    eventType: {{value: workflow.step}}\n    correlationId: {{header: X-Workflow}}\n    auth: {{bearer: {{secretFile: {}}}}}\n",
+        secret.display()
+    );
+    let config = config_yaml(
+        &dir,
+        free_port(),
+        free_port(),
+        &stack.kafka_bootstrap_servers,
+        "instance: one-down-test",
+        &routes,
+    );
+    let receiver = Receiver::start(&dir, &config).await;
+    let load = KeyedLoad::start(format!("{}/steps", receiver.url), 6, "one-down-token");
+    load.wait_answered(60, Duration::from_secs(60)).await;
+
+    let mut outage = BrokersDown::stop(&["2"]);
+    let before = load.answered();
+    load.wait_answered(before + 200, Duration::from_secs(60))
+        .await;
+    outage.restart();
+    let acknowledged = load.stop().await;
+
+    let messages = read_topic(&stack, &topic, acknowledged.len(), Duration::from_secs(60)).await;
+    let duplicates = assert_all_arrived_in_key_order(&acknowledged, &messages);
+    let spooled = acknowledged
+        .iter()
+        .filter(|(_, _, s)| s == "spooled")
+        .count();
+    eprintln!(
+        "R1: {} acknowledged ({spooled} from the spool), {} on Kafka, {duplicates} duplicates",
+        acknowledged.len(),
+        messages.len()
+    );
+    assert_eq!(duplicates, 0, "duplicates with one broker down");
 }

@@ -18,11 +18,11 @@ const OWNED_KAFKA_PROPERTIES: &[(&str, &str)] = &[
     ("group.id", "set `groupId`"),
     (
         "enable.auto.offset.store",
-        "offsets are stored only for finished events",
+        "only the offsets of finished events count",
     ),
     (
         "enable.auto.commit",
-        "stored offsets are committed every second and on revoke",
+        "finished offsets are committed every second, on revoke and on shutdown",
     ),
     (
         "partition.assignment.strategy",

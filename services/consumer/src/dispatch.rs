@@ -39,8 +39,9 @@ use crate::sink::{SinkAnswer, SinkClient, SinkRequest};
 /// The name this service gives itself in lifecycle events and as its Kafka client id.
 pub const SERVICE_NAME: &str = "event-consumer";
 
-/// How often finished offsets are handed to librdkafka, which commits them every second.
-const STORE_INTERVAL: Duration = Duration::from_millis(100);
+/// How often the finished offsets that moved are committed (asynchronously); revoke and
+/// shutdown commit synchronously besides.
+const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a dead-letter or lifecycle record may wait in the producer.
 const PRODUCE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -51,8 +52,8 @@ struct PartitionState {
     epoch: u64,
     offsets: OffsetTracker,
     lanes: Lanes<Job>,
-    /// The committable offset moved since it was last stored.
-    unstored: bool,
+    /// The committable offset moved since it was last committed.
+    uncommitted: bool,
 }
 
 #[derive(Debug, Default)]
@@ -67,6 +68,8 @@ struct DispatchState {
     blocked: BTreeMap<RecordOrigin, String>,
     /// Why the dead-letter topic cannot be written, while that lasts.
     dead_letter_failing: Option<String>,
+    /// Shutdown has committed and the consumer is closing.
+    leaving: bool,
 }
 
 impl DispatchState {
@@ -80,7 +83,7 @@ impl DispatchState {
                     epoch: self.next_epoch,
                     offsets: OffsetTracker::default(),
                     lanes: Lanes::default(),
-                    unstored: false,
+                    uncommitted: false,
                 },
             );
         }
@@ -177,6 +180,10 @@ impl ConsumerContext for GroupEvents {
         self.shared.flow.notify_one();
         tracing::info!(partitions = revoked.count(), "partitions revoked");
         if finished.count() == 0 || consumer.assignment_lost() {
+            return;
+        }
+        if self.shared.lock().leaving {
+            // Shutdown committed these just before closing the consumer.
             return;
         }
         if let Err(error) = consumer.commit(&finished, CommitMode::Sync) {
@@ -374,8 +381,8 @@ struct PollLoop {
 impl PollLoop {
     async fn run(mut self, stopping: CancellationToken, request_timeout: Duration) {
         let mut breaker_changes = self.delivery.breaker.subscribe();
-        let mut store_tick = tokio::time::interval(STORE_INTERVAL);
-        store_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut commit_tick = tokio::time::interval(COMMIT_INTERVAL);
+        commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -387,8 +394,8 @@ impl PollLoop {
                     self.refresh_readiness();
                 }
                 _ = self.shared.flow.notified() => self.apply_flow(),
-                _ = store_tick.tick() => {
-                    self.store_finished_offsets();
+                _ = commit_tick.tick() => {
+                    self.commit_finished_offsets();
                     self.refresh_readiness();
                 }
                 received = self.consumer.recv() => match received {
@@ -431,7 +438,7 @@ impl PollLoop {
         partition.offsets.received(origin.offset);
         let Some(work) = work else {
             if partition.offsets.completed(origin.offset).is_some() {
-                partition.unstored = true;
+                partition.uncommitted = true;
             }
             return;
         };
@@ -521,16 +528,17 @@ impl PollLoop {
         }
     }
 
-    /// Hands the offsets that moved since last time to librdkafka, which commits them.
-    fn store_finished_offsets(&mut self) {
+    /// Commits the offsets that moved since last time, without waiting for the answer: a
+    /// lost commit only means some events are delivered again.
+    fn commit_finished_offsets(&mut self) {
         let mut finished = TopicPartitionList::new();
         {
             let mut state = self.shared.lock();
             for ((topic, partition), tracked) in state.partitions.iter_mut() {
-                if !tracked.unstored {
+                if !tracked.uncommitted {
                     continue;
                 }
-                tracked.unstored = false;
+                tracked.uncommitted = false;
                 if let Some(offset) = tracked.offsets.committable() {
                     let _ =
                         finished.add_partition_offset(topic, *partition, Offset::Offset(offset));
@@ -538,8 +546,8 @@ impl PollLoop {
             }
         }
         if finished.count() > 0 {
-            if let Err(error) = self.consumer.store_offsets(&finished) {
-                tracing::warn!(%error, "storing finished offsets failed");
+            if let Err(error) = self.consumer.commit(&finished, CommitMode::Async) {
+                tracing::warn!(%error, "committing finished offsets failed");
             }
         }
     }
@@ -614,6 +622,7 @@ impl PollLoop {
                 }
             }
         }
+        self.shared.lock().leaving = true;
         // Dropping the consumer leaves the group, so the others take its partitions now
         // rather than after the session timeout. It blocks, and runs the revoke callback.
         let consumer = self.consumer;
@@ -648,7 +657,7 @@ impl Delivery {
             .get_mut(&(job.origin.topic.clone(), job.origin.partition))
             .filter(|p| p.epoch == job.epoch)?;
         if partition.offsets.completed(job.origin.offset).is_some() {
-            partition.unstored = true;
+            partition.uncommitted = true;
         }
         // The next event of the lane, if any, was counted in flight when it was read.
         let next = partition.lanes.next(job.lane.as_ref());
@@ -885,7 +894,9 @@ pub fn consumer_config(config: &ConsumerConfig) -> ClientConfig {
     let mut client = config.kafka.client_config();
     set_default(&mut client, "client.id", SERVICE_NAME);
     set_default(&mut client, "statistics.interval.ms", "5000");
-    set_default(&mut client, "auto.commit.interval.ms", "1000");
+    // A killed replica's partitions wait this long for a new owner (librdkafka: 45 s).
+    set_default(&mut client, "session.timeout.ms", "10000");
+    set_default(&mut client, "heartbeat.interval.ms", "3000");
     // librdkafka prefetches up to 64 MiB per client by default; a few MiB keep the
     // consumer small without starving it.
     set_default(&mut client, "queued.max.messages.kbytes", "8192");
@@ -893,7 +904,7 @@ pub fn consumer_config(config: &ConsumerConfig) -> ClientConfig {
         .set("group.id", &config.group_id)
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("enable.auto.offset.store", "false")
-        .set("enable.auto.commit", "true")
+        .set("enable.auto.commit", "false")
         .set(
             "auto.offset.reset",
             match config.start_from {

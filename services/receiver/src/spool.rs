@@ -230,7 +230,12 @@ impl Spool {
             },
             None => Position::default(),
         };
-        let next_segment = ids.last().map_or(0, |last| last + 1).max(drained.segment);
+        // New segments sort after every old one and after the checkpoint's, or a later
+        // recovery would take them for drained.
+        let next_segment = ids
+            .last()
+            .map_or(0, |last| last + 1)
+            .max(checkpoint.segment + 1);
         let spool = Spool {
             dir: dir.to_owned(),
             max_bytes,
@@ -653,6 +658,29 @@ mod tests {
             .map(|(r, _)| r.unwrap())
             .collect();
         assert_eq!(rest, records[7..]);
+    }
+
+    #[tokio::test]
+    async fn records_spooled_after_a_fully_drained_run_survive_the_next_restart() {
+        let dir = temp_dir("after-drain");
+        let (spool, writer, _) = open(&dir, 1 << 20, 1 << 20);
+        append_all(&spool, &writer, &[record("k", 0), record("k", 1)]).await;
+        let batch = spool.read_batch(10, u64::MAX);
+        spool.commit(batch.last().unwrap().1, 2);
+        drop((spool, writer));
+
+        let (spool, writer, _) = open(&dir, 1 << 20, 1 << 20);
+        append_all(&spool, &writer, &[record("k", 2)]).await;
+        drop((spool, writer));
+
+        let (spool, _writer, recovery) = open(&dir, 1 << 20, 1 << 20);
+        assert_eq!(recovery.records, 1);
+        let read: Vec<_> = spool
+            .read_batch(10, u64::MAX)
+            .into_iter()
+            .map(|(r, _)| r.unwrap())
+            .collect();
+        assert_eq!(read, vec![record("k", 2)]);
     }
 
     #[tokio::test]

@@ -16,4 +16,4 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 e2e/stack.sh up
 eval "$(e2e/stack.sh env)"
 e2e/stack.sh status
-cargo test --workspace --locked
+cargo test --workspace --locked --no-fail-fast

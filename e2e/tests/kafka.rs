@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use bridge_e2e::{Stack, unique_name};
+use bridge_e2e::{Stack, eventually, unique_name};
 use futures::future::join_all;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -34,7 +34,17 @@ async fn topic_created_with_replication_factor_3_has_3_replicas_per_partition() 
     let stack = Stack::from_env().unwrap();
     let topic = create_topic(&stack, 3).await;
     let admin: AdminClient<DefaultClientContext> = stack.kafka_config().create().unwrap();
-    let metadata = admin.inner().fetch_metadata(Some(&topic), TIMEOUT).unwrap();
+    // A new topic reaches every broker's metadata cache a moment after CreateTopics returns.
+    let metadata = eventually(
+        "the topic's metadata with 3 partitions",
+        TIMEOUT,
+        || async {
+            let metadata = admin.inner().fetch_metadata(Some(&topic), TIMEOUT).ok()?;
+            let described = metadata.topics().first()?;
+            (described.error().is_none() && described.partitions().len() == 3).then_some(metadata)
+        },
+    )
+    .await;
     assert_eq!(metadata.brokers().len(), 3);
     let described = &metadata.topics()[0];
     assert_eq!(described.partitions().len(), 3);

@@ -46,9 +46,9 @@ async fn creates_the_topic_with_replication_retention_cleanup_policy_and_configs
 
     wait_ready(&api, "state", "True", "TopicReady").await;
     let on_broker = Broker::connect()
-        .describe(&topic)
+        .wait_for("the topic on the broker", &topic, |t| t.is_some())
         .await
-        .expect("topic exists");
+        .unwrap();
     assert_eq!(on_broker.partitions, 3);
     assert_eq!(on_broker.replication_factor, 3);
     assert_eq!(on_broker.configs["retention.ms"], "2592000000");
@@ -83,7 +83,12 @@ async fn adopts_an_existing_topic_and_brings_it_to_the_spec_keeping_unmanaged_ke
     .await;
 
     wait_ready(&api, "legacy", "True", "TopicReady").await;
-    let on_broker = broker.describe(&topic).await.unwrap();
+    let on_broker = broker
+        .wait_for("4 partitions", &topic, |t| {
+            t.is_some_and(|t| t.partitions == 4)
+        })
+        .await
+        .unwrap();
     assert_eq!(on_broker.partitions, 4);
     assert_eq!(on_broker.configs["retention.ms"], "2592000000");
     assert_eq!(on_broker.configs["cleanup.policy"], "delete");
@@ -407,7 +412,11 @@ async fn a_restarted_operator_converges_every_object() {
     let broker = Broker::connect();
     for (i, topic) in topics.iter().enumerate() {
         wait_ready(&api, &format!("t{i}"), "True", "TopicReady").await;
-        assert_eq!(broker.describe(topic).await.map(|t| t.partitions), Some(2));
+        broker
+            .wait_for("2 partitions", topic, |t| {
+                t.is_some_and(|t| t.partitions == 2)
+            })
+            .await;
     }
 }
 

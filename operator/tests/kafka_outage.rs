@@ -56,6 +56,8 @@ async fn kafka_outage_is_reported_and_the_operator_recovers_without_restarting()
 
     drop(outage);
     wait_ready(&api, "outage", "True", "TopicReady").await;
-    assert!(Broker::connect().describe(&topic).await.is_some());
+    Broker::connect()
+        .wait_for("the topic on the broker", &topic, |t| t.is_some())
+        .await;
     assert!(operator.is_running());
 }

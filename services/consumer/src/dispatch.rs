@@ -417,6 +417,16 @@ impl PollLoop {
             partition: record.partition(),
             offset: record.offset(),
         };
+        if !self
+            .shared
+            .lock()
+            .partition(&origin.topic, origin.partition)
+            .offsets
+            .received(origin.offset)
+        {
+            tracing::debug!(record = %origin, "handed out again after a pause: already taken");
+            return;
+        }
         let work = match CloudEvent::from_kafka(
             record.key(),
             record.headers().map(|h| h.as_borrowed()),
@@ -435,7 +445,6 @@ impl PollLoop {
 
         let mut state = self.shared.lock();
         let partition = state.partition(&origin.topic, origin.partition);
-        partition.offsets.received(origin.offset);
         let Some(work) = work else {
             if partition.offsets.completed(origin.offset).is_some() {
                 partition.uncommitted = true;

@@ -13,10 +13,16 @@ pub struct OffsetTracker {
 }
 
 impl OffsetTracker {
-    /// Records that the event at `offset` was handed out for processing.
-    pub fn received(&mut self, offset: i64) {
+    /// Records that the event at `offset` was handed out for processing. `false` when it
+    /// was handed out before: within one assignment a partition only moves forward, but
+    /// librdkafka hands out again what it had queued when a partition was paused.
+    pub fn received(&mut self, offset: i64) -> bool {
+        if self.end.is_some_and(|end| offset < end) {
+            return false;
+        }
         self.pending.insert(offset);
-        self.end = Some(self.end.map_or(offset + 1, |end| end.max(offset + 1)));
+        self.end = Some(offset + 1);
+        true
     }
 
     /// Records that the event at `offset` is done; returns the committable offset when it
@@ -83,6 +89,18 @@ mod tests {
         tracker.received(9);
         assert_eq!(tracker.completed(4), Some(9));
         assert_eq!(tracker.completed(9), Some(10));
+    }
+
+    #[test]
+    fn an_offset_received_again_is_refused_whether_done_or_not() {
+        let mut tracker = OffsetTracker::default();
+        assert!(tracker.received(5));
+        assert!(tracker.received(6));
+        tracker.completed(5);
+        assert!(!tracker.received(5));
+        assert!(!tracker.received(6));
+        assert_eq!(tracker.pending(), 1);
+        assert!(tracker.received(7));
     }
 
     #[test]

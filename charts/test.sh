@@ -44,8 +44,9 @@ cleanup() {
   fi
   for ns in "$NS_USER" "$NS_OPERATOR"; do
     # A Delete-policy EventTopic left behind without an operator would hold its namespace.
-    timeout 20 kubectl -n "$ns" patch eventtopics --all --type=merge \
-      -p '{"metadata":{"finalizers":null}}' >/dev/null 2>&1
+    for topic in $(timeout 20 kubectl -n "$ns" get eventtopics -o name 2>/dev/null); do
+      timeout 20 kubectl -n "$ns" patch "$topic" --type=merge -p '{"metadata":{"finalizers":null}}' >/dev/null 2>&1
+    done
     timeout 30 kubectl delete namespace "$ns" --ignore-not-found --wait=false >/dev/null 2>&1
   done
   for topic in "${CREATED_TOPICS[@]}"; do

@@ -16,4 +16,5 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 e2e/stack.sh up
 eval "$(e2e/stack.sh env)"
 e2e/stack.sh status
+charts/test.sh
 cargo test --workspace --locked --no-fail-fast

@@ -61,6 +61,9 @@ cleanup() {
 }
 CREATED_TOPICS=()
 trap cleanup EXIT
+# Interrupted (Ctrl-C, a CI timeout): exit, which runs cleanup.
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 # --- tools -----------------------------------------------------------------------------
 
@@ -96,7 +99,13 @@ MONITORING_CRDS=$(cd "$WORK" && GOFLAGS=-mod=mod timeout 300 go mod download -js
   || fail "no ServiceMonitor CRD in $MONITORING_CRDS"
 
 # helm warns on every load that crds/ is a symbolic link (to ../../crds, on purpose).
-helm() { command helm "$@" 2> >(grep -v 'found symbolic link in path' >&2); }
+# Filtered after the command ends, not through a pipe, so callers read complete output.
+helm() {
+  local status=0
+  command helm "$@" 2> "$WORK/helm.stderr" || status=$?
+  grep -v 'found symbolic link in path' "$WORK/helm.stderr" >&2 || true
+  return $status
+}
 
 # --- static checks ---------------------------------------------------------------------
 
@@ -160,9 +169,18 @@ if missing:
 PY
 pass "alerts and dashboard name only registered metrics"
 
-helm lint --strict "$CHART" --set kafka.bootstrapServers=kafka:9092 >/dev/null
+K=(--set kafka.bootstrapServers=kafka:9092)
+helm lint --strict "$CHART" "${K[@]}" >/dev/null
 helm lint --strict "$CHART" -f "$TESTS/values-full.yaml" >/dev/null
 pass "helm lint --strict (default and full values)"
+
+# Chart.yaml's kubeVersion admits the local stack's 1.36 (and vendor suffixes), not 1.28.
+helm template "$RELEASE" "$CHART" "${K[@]}" --kube-version 1.36.3 >/dev/null
+helm template "$RELEASE" "$CHART" "${K[@]}" --kube-version v1.36.3-eks-1234 >/dev/null
+if helm template "$RELEASE" "$CHART" "${K[@]}" --kube-version 1.28.9 >/dev/null 2>&1; then
+  fail "Chart.yaml's kubeVersion admits 1.28, whose API server lacks the CEL features of the CRDs"
+fi
+pass "kubeVersion: 1.36 admitted, 1.28 refused"
 
 # kubeconform cannot download its schemas here: make them from the API server's OpenAPI v3
 # (the very version the chart is installed on below) and from the CRD files.
@@ -193,7 +211,6 @@ expect_refused() { # expected message part, helm template arguments...
   fi
   grep -qF -- "$want" "$WORK/refused.out" || { cat "$WORK/refused.out" >&2; fail "helm template $*: the message does not mention: $want"; }
 }
-K=(--set kafka.bootstrapServers=kafka:9092)
 expect_refused "kafka.bootstrapServers is required"
 expect_refused "/kafka/bootstrapServers" --set kafka.bootstrapServers=kafka
 expect_refused "/operator/replicas" "${K[@]}" --set operator.replicas=0

@@ -27,7 +27,7 @@ NS_OPERATOR=$ID-operator
 NS_USER=$ID-user
 RELEASE=bridge
 WORK=$(mktemp -d)
-OPERATOR_PID=""
+declare -A OPERATOR_PIDS=()   # identity -> pid of each operator process this script started
 
 log() { printf '%s charts: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 fail() { printf 'charts: FAIL: %s\n' "$*" >&2; exit 1; }
@@ -38,7 +38,7 @@ eval "$(e2e/stack.sh env)"
 cleanup() {
   local status=$?
   set +e
-  if [ -n "$OPERATOR_PID" ]; then kill "$OPERATOR_PID" 2>/dev/null; wait "$OPERATOR_PID" 2>/dev/null; fi
+  for pid in "${OPERATOR_PIDS[@]}"; do kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; done
   if [ -n "${KUBECONFIG:-}" ] && kubectl get namespace "$NS_OPERATOR" >/dev/null 2>&1; then
     timeout 60 helm uninstall "$RELEASE" -n "$NS_OPERATOR" --wait >/dev/null 2>&1
   fi
@@ -347,19 +347,39 @@ kubectl -n "$NS_OPERATOR" get "$DEPLOYMENT" -o jsonpath='{.spec.template.spec.co
   || fail "the upgraded Deployment does not carry RUST_LOG=debug"
 pass "helm upgrade rolled the Deployment to a new ReplicaSet (revision $revision_before -> $revision_after)"
 
-# GitOps idempotence. The operator runs out of the cluster (kwok only fakes the in-cluster
-# pods) and reconciles the user's EventTopics; then applying the same manifests again
-# changes nothing.
+# The operator itself, as the chart deploys it: kwok only fakes the in-cluster pods, so two
+# replicas run here as processes, authenticated as the chart's ServiceAccount (a token,
+# no impersonation) and electing a leader through the Lease in the release namespace.
+# That proves the chart's RBAC is enough for the real binary, not only for `can-i`.
 log "building bridge-operator"
 timeout 900 cargo build -q --locked -p bridge-operator --bin bridge-operator
-start_operator() {
-  target/debug/bridge-operator --watch-namespaces "$NS_USER" --leader-election-namespace "$NS_USER" \
-    --identity "$ID" --admin-listen 127.0.0.1:0 --resync-interval 30s \
+SA_KUBECONFIG=$WORK/serviceaccount.kubeconfig
+{
+  echo "apiVersion: v1"
+  echo "kind: Config"
+  echo "clusters: [{name: stack, cluster: {server: $(kubectl config view --minify -o jsonpath='{.clusters[0].cluster.server}'), certificate-authority-data: $(kubectl config view --minify --raw --flatten -o jsonpath='{.clusters[0].cluster.certificate-authority-data}')}}]"
+  echo "users: [{name: operator, user: {token: $(kubectl -n "$NS_OPERATOR" create token "$RELEASE-omninode-bridge" --duration=30m)}}]"
+  echo "contexts: [{name: operator, context: {cluster: stack, user: operator}}]"
+  echo "current-context: operator"
+} > "$SA_KUBECONFIG"
+declare -A OPERATOR_PORTS=()
+start_operator() { # identity, kubeconfig, lease namespace
+  local port
+  port=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  KUBECONFIG=$2 target/debug/bridge-operator --watch-namespaces "$NS_USER" --leader-election-namespace "$3" \
+    --identity "$1" --admin-listen "127.0.0.1:$port" --resync-interval 30s \
     --kafka-bootstrap-servers "$KAFKA_BOOTSTRAP_SERVERS" >> "$WORK/operator.log" 2>&1 &
-  OPERATOR_PID=$!
+  OPERATOR_PIDS[$1]=$!
+  OPERATOR_PORTS[$1]=$port
 }
-stop_operator() {
-  kill "$OPERATOR_PID"; wait "$OPERATOR_PID" 2>/dev/null || true; OPERATOR_PID=""
+stop_operator() { # identity
+  kill "${OPERATOR_PIDS[$1]}"; wait "${OPERATOR_PIDS[$1]}" 2>/dev/null || true; unset "OPERATOR_PIDS[$1]"
+}
+answers() { # identity, path, HTTP status
+  [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://127.0.0.1:${OPERATOR_PORTS[$1]}$2")" = "$3" ]
+}
+lease_holder() { # namespace, identity
+  [ "$(kubectl -n "$1" get lease bridge-operator -o jsonpath='{.spec.holderIdentity}')" = "$2" ]
 }
 topic_exists() { # name: the broker knows the topic
   kcat -b "$KAFKA_BOOTSTRAP_SERVERS" -L -t "$1" -J -m 10 2>/dev/null \
@@ -370,12 +390,23 @@ ready() { # namespace, name: Ready=True for the current generation
   [ "$(kubectl -n "$1" get eventtopic "$2" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}/{.status.observedGeneration}/{.metadata.generation}' \
     | awk -F/ '{print ($1 == "True" && $2 == $3) ? "yes" : "no"}')" = yes ]
 }
+REPLICA_A=$ID-replica-a
+REPLICA_B=$ID-replica-b
+start_operator "$REPLICA_A" "$SA_KUBECONFIG" "$NS_OPERATOR"
+wait_for "$REPLICA_A to lead" answers "$REPLICA_A" /readyz 200
+start_operator "$REPLICA_B" "$SA_KUBECONFIG" "$NS_OPERATOR"
+wait_for "$REPLICA_B to answer /healthz" answers "$REPLICA_B" /healthz 200
+answers "$REPLICA_B" /readyz 503 || fail "the second replica is ready although $REPLICA_A holds the Lease"
+lease_holder "$NS_OPERATOR" "$REPLICA_A" || fail "the Lease bridge-operator in $NS_OPERATOR is not held by $REPLICA_A"
+pass "two replicas as the chart's ServiceAccount: $REPLICA_A leads through the Lease, $REPLICA_B waits"
+
+# GitOps idempotence: once the operator has reconciled, applying the same manifests again
+# changes nothing.
 RETAINED=$ID-retained
 DELETED=$ID-deleted
 CREATED_TOPICS=("$RETAINED" "$DELETED")
 sed "s/NAME_RETAINED/$RETAINED/; s/NAME_DELETED/$DELETED/" "$TESTS/user-topics.yaml" > "$WORK/user-topics.yaml"
 kubectl apply --server-side -n "$NS_USER" -f "$WORK/user-topics.yaml" >/dev/null
-start_operator
 wait_for "EventTopic $RETAINED to be Ready" ready "$NS_USER" "$RETAINED"
 wait_for "EventTopic $DELETED to be Ready" ready "$NS_USER" "$DELETED"
 wait_for "Kafka topic $RETAINED" topic_exists "$RETAINED"
@@ -397,8 +428,26 @@ timeout 60 kubectl apply --server-side -f crds/ >/dev/null
 [ "$(versions)" = "$crd_versions" ] || fail "applying crds/ again changed the CRDs"
 pass "GitOps idempotence: no diff for reconciled EventTopics, the release, crds/; re-applying crds/ writes nothing"
 
+# Failover: the leader stops (it releases the Lease), the standby takes over and reconciles.
+stop_operator "$REPLICA_A"
+wait_for "$REPLICA_B to take the Lease" lease_holder "$NS_OPERATOR" "$REPLICA_B"
+wait_for "$REPLICA_B to be ready" answers "$REPLICA_B" /readyz 200
+kubectl -n "$NS_USER" patch eventtopic "$RETAINED" --type=merge -p '{"spec":{"partitions":3}}' >/dev/null
+wait_for "$REPLICA_B to reconcile the raised partitions" ready "$NS_USER" "$RETAINED"
+[ "$(kubectl -n "$NS_USER" get eventtopic "$RETAINED" -o jsonpath='{.status.partitions}')" = 3 ] \
+  || fail "the new leader did not raise the partitions of $RETAINED"
+pass "failover: $REPLICA_B took the Lease and reconciles"
+
+# Nothing the replicas tried was refused, and their Events were written.
+if grep -i 'forbidden' "$WORK/operator.log" >&2; then
+  fail "the API server refused the operator (as the chart's ServiceAccount) a call: the RBAC misses a rule"
+fi
+[ -n "$(kubectl -n "$NS_USER" get events.events.k8s.io -o jsonpath='{range .items[?(@.reportingController=="bridge-operator")]}{.reason} {end}')" ] \
+  || fail "no Event from bridge-operator in $NS_USER"
+pass "no call of the operator refused; its Events written"
+
 log "helm uninstall"
-stop_operator
+stop_operator "$REPLICA_B"
 timeout "$BOUND" helm uninstall "$RELEASE" -n "$NS_OPERATOR" --wait --timeout "${BOUND}s" >/dev/null
 left=$(kubectl -n "$NS_OPERATOR" get deployments,replicasets,serviceaccounts,services,roles,rolebindings,poddisruptionbudgets,networkpolicies,eventtopics \
   -l app.kubernetes.io/instance=$RELEASE -o name)
@@ -415,12 +464,13 @@ pass "helm uninstall: no operator objects left; user EventTopics and their Kafka
 # Deleting a namespace with EventTopics: Retain has no finalizer; Delete's finalizer is
 # run by the operator (back for this, as the operations guide says: delete Delete-policy
 # topics before the operator).
-start_operator
+# The chart's ServiceAccount is gone with the release: this operator runs as the admin.
+start_operator "$ID-cleanup" "$KUBECONFIG" "$NS_USER"
 timeout 30 kubectl delete namespace "$NS_USER" --wait=false >/dev/null
 wait_for "namespace $NS_USER to be deleted" sh -c "! kubectl get namespace $NS_USER"
 wait_for "Kafka topic $DELETED to be deleted by its finalizer" topic_missing "$DELETED"
 topic_exists "$RETAINED" || fail "the Kafka topic of the Retain-policy EventTopic went with its namespace"
-stop_operator
+stop_operator "$ID-cleanup"
 timeout 30 kubectl delete namespace "$NS_OPERATOR" --wait=false >/dev/null
 wait_for "namespace $NS_OPERATOR to be deleted" sh -c "! kubectl get namespace $NS_OPERATOR"
 pass "namespaces with EventTopics delete without hanging; Retain keeps the Kafka topic, Delete removes it"

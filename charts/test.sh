@@ -4,7 +4,8 @@
 #            offline, values.schema.json refusals, CRDs equal to crds/, generated files
 #            current (docs/reference.md, argocd-cm.yaml), Argo CD health Lua, Dockerfile lint
 #   live     helm install / upgrade / uninstall on the local stack, least privilege with
-#            `kubectl auth can-i`, GitOps idempotence with the operator running, namespace
+#            `kubectl auth can-i`, two operator processes as the chart's ServiceAccount
+#            (leader election, failover, no call refused), GitOps idempotence, namespace
 #            deletion with EventTopics
 # Needs the stack up (e2e/stack.sh up); never stops it. Everything it creates is named
 # charts-test-<pid>-* and removed at exit.

@@ -521,6 +521,18 @@ fn scan_segment(path: &Path, count_from: u64) -> std::io::Result<Scan> {
     })
 }
 
+/// How many whole records `bytes` starts with, and the length they take: recovery's parser,
+/// public for the fuzz target.
+#[doc(hidden)]
+pub fn whole_records(mut bytes: &[u8]) -> (u64, u64) {
+    let (mut records, mut length) = (0, 0);
+    while let Some((_, size)) = read_frame(&mut bytes) {
+        records += 1;
+        length += size;
+    }
+    (records, length)
+}
+
 fn read_frame(reader: &mut impl Read) -> Option<(SpoolRecord, u64)> {
     let mut header = [0u8; FRAME_HEADER_BYTES as usize];
     reader.read_exact(&mut header).ok()?;

@@ -219,7 +219,6 @@ expect_refused "/operator/replicas" "${K[@]}" --set-string operator.replicas=two
 expect_refused "additional properties 'operatr' not allowed" "${K[@]}" --set operatr.replicas=2
 expect_refused "/operator/resyncInterval" "${K[@]}" --set operator.resyncInterval=5min
 expect_refused "/operator/watchNamespaces/0" "${K[@]}" --set 'operator.watchNamespaces[0]=Team_A'
-expect_refused "/operator/readinessProbePath" "${K[@]}" --set operator.readinessProbePath=/metrics
 expect_refused "/image/digest" "${K[@]}" --set image.digest=sha256:abc
 expect_refused "/standardTopics/topics/workflow-events/cleanupPolicy" "${K[@]}" \
   --set standardTopics.topics.workflow-events.cleanupPolicy=compacted
@@ -379,6 +378,9 @@ stop_operator() { # identity
 answers() { # identity, path, HTTP status
   [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://127.0.0.1:${OPERATOR_PORTS[$1]}$2")" = "$3" ]
 }
+leads() { # identity, 1 or 0: the replica's bridge_operator_leader gauge
+  curl -s --max-time 2 "http://127.0.0.1:${OPERATOR_PORTS[$1]}/metrics" | grep -qx "bridge_operator_leader $2"
+}
 lease_holder() { # namespace, identity
   [ "$(kubectl -n "$1" get lease bridge-operator -o jsonpath='{.spec.holderIdentity}')" = "$2" ]
 }
@@ -394,10 +396,11 @@ ready() { # namespace, name: Ready=True for the current generation
 REPLICA_A=$ID-replica-a
 REPLICA_B=$ID-replica-b
 start_operator "$REPLICA_A" "$SA_KUBECONFIG" "$NS_OPERATOR"
-wait_for "$REPLICA_A to lead" answers "$REPLICA_A" /readyz 200
+wait_for "$REPLICA_A to lead" leads "$REPLICA_A" 1
 start_operator "$REPLICA_B" "$SA_KUBECONFIG" "$NS_OPERATOR"
-wait_for "$REPLICA_B to answer /healthz" answers "$REPLICA_B" /healthz 200
-answers "$REPLICA_B" /readyz 503 || fail "the second replica is ready although $REPLICA_A holds the Lease"
+# A standby is ready (it takes over when the leader goes) but does not lead.
+wait_for "$REPLICA_B to be ready" answers "$REPLICA_B" /readyz 200
+leads "$REPLICA_B" 0 || fail "the second replica leads although $REPLICA_A holds the Lease"
 lease_holder "$NS_OPERATOR" "$REPLICA_A" || fail "the Lease bridge-operator in $NS_OPERATOR is not held by $REPLICA_A"
 pass "two replicas as the chart's ServiceAccount: $REPLICA_A leads through the Lease, $REPLICA_B waits"
 
@@ -432,7 +435,7 @@ pass "GitOps idempotence: no diff for reconciled EventTopics, the release, crds/
 # Failover: the leader stops (it releases the Lease), the standby takes over and reconciles.
 stop_operator "$REPLICA_A"
 wait_for "$REPLICA_B to take the Lease" lease_holder "$NS_OPERATOR" "$REPLICA_B"
-wait_for "$REPLICA_B to be ready" answers "$REPLICA_B" /readyz 200
+wait_for "$REPLICA_B to lead" leads "$REPLICA_B" 1
 kubectl -n "$NS_USER" patch eventtopic "$RETAINED" --type=merge -p '{"spec":{"partitions":3}}' >/dev/null
 wait_for "$REPLICA_B to reconcile the raised partitions" ready "$NS_USER" "$RETAINED"
 [ "$(kubectl -n "$NS_USER" get eventtopic "$RETAINED" -o jsonpath='{.status.partitions}')" = 3 ] \

@@ -111,7 +111,9 @@ async fn run(args: Args) -> Result<(), StartupError> {
 
     let mut registry = Registry::with_prefix("bridge_operator");
     let metrics = Arc::new(Metrics::register(&mut registry));
-    let readiness = Readiness::new("waiting for the leader-election lease");
+    // A standby replica is ready: it is healthy and takes over when the leader goes. Were
+    // it not, a rolling update of two replicas would wait forever on the new Pods.
+    let readiness = Readiness::new("starting");
     let (stop, stopped) = watch::channel(false);
     let admin_server = serve_admin(
         args.admin_listen,
@@ -134,6 +136,7 @@ async fn run(args: Args) -> Result<(), StartupError> {
         .await
         .map_err(|e| StartupError::LeaderElection(e.to_string()))?;
     let (mut leading, lease_task) = lease.watch().await;
+    readiness.set_ready();
 
     tokio::spawn({
         let stop = stop.clone();
@@ -164,6 +167,7 @@ async fn run(args: Args) -> Result<(), StartupError> {
         }
     }
     tracing::info!(%identity, "leading: starting controllers");
+    metrics.leader.set(1);
 
     let reporter = Reporter {
         controller: "bridge-operator".into(),
@@ -197,8 +201,6 @@ async fn run(args: Args) -> Result<(), StartupError> {
         stores,
         args.resync_interval,
     ));
-    readiness.set_ready();
-
     let runs = controllers.into_iter().map(|controller| {
         controller
             .run(
@@ -222,6 +224,7 @@ async fn run(args: Args) -> Result<(), StartupError> {
                     // Another replica may lead now: stop at once rather than race it.
                     tracing::error!("lost the leader-election lease; stopping");
                     lost_lease = true;
+                    context.metrics.leader.set(0);
                     readiness.set_not_ready("lost the leader-election lease");
                     let _ = stop.send(true);
                 }

@@ -32,6 +32,8 @@ pub struct Metrics {
     pub reconcile_duration: Family<KindLabel, Histogram>,
     pub status_patches: Family<KindLabel, Counter>,
     pub topics_managed: Gauge,
+    /// 1 while this replica holds the leader-election Lease and runs the controllers.
+    pub leader: Gauge,
     pub admin_call_duration: Family<OperationLabel, Histogram>,
     /// Admin calls that change Kafka; steady state must leave these still.
     pub kafka_writes: Family<OperationLabel, Counter>,
@@ -50,6 +52,7 @@ impl Metrics {
             reconcile_duration: Family::new_with_constructor(duration_histogram),
             status_patches: Family::default(),
             topics_managed: Gauge::default(),
+            leader: Gauge::default(),
             admin_call_duration: Family::new_with_constructor(duration_histogram),
             kafka_writes: Family::default(),
         };
@@ -77,6 +80,11 @@ impl Metrics {
             "topics_managed",
             "Kafka topics this operator manages (EventTopics it owns the topic of)",
             metrics.topics_managed.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader-election Lease and runs the controllers",
+            metrics.leader.clone(),
         );
         registry.register(
             "kafka_admin_call_duration_seconds",

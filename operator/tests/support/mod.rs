@@ -29,7 +29,7 @@ pub struct Operator {
 
 impl Operator {
     /// Starts the operator watching `namespaces` (its leader-election Lease lives in the
-    /// first), and waits until it leads and serves `/readyz`.
+    /// first), and waits until it leads.
     pub async fn start(namespaces: &[&str]) -> Self {
         let stack = Stack::from_env().unwrap();
         let admin = free_address();
@@ -57,23 +57,20 @@ impl Operator {
             .spawn()
             .expect("bridge-operator starts");
         let operator = Self { child, admin, log };
-        let url = format!("http://{admin}/readyz");
-        eventually("the operator to be ready", BOUND, || async {
-            let response = reqwest::get(&url).await.ok()?;
-            response.status().is_success().then_some(())
+        eventually("the operator to lead", BOUND, || async {
+            (operator.metric("bridge_operator_leader").await == 1.0).then_some(())
         })
         .await;
         operator
     }
 
     /// The sum of every sample of `metric` (any labels) on the operator's /metrics.
+    /// A metric the operator has not served yet (it is still starting) reads as 0.
     pub async fn metric(&self, metric: &str) -> f64 {
-        let body = reqwest::get(format!("http://{}/metrics", self.admin))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let Ok(response) = reqwest::get(format!("http://{}/metrics", self.admin)).await else {
+            return 0.0;
+        };
+        let body = response.text().await.unwrap_or_default();
         body.lines()
             .filter(|line| {
                 line.strip_prefix(metric)

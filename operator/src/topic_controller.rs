@@ -5,7 +5,7 @@ use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bridge_api::event_topic::DeletionPolicy;
 use bridge_api::{EventTopic, EventTopicStatus, condition_type, is_paused};
@@ -30,6 +30,10 @@ pub const FINALIZER: &str = "bridge.omninode.io/delete-topic";
 /// The one field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "bridge-operator";
 const KIND: &str = "EventTopic";
+/// How long after creating a topic its description may still lag: brokers learn of a new
+/// topic's configs a moment after CreateTopics returns, and a describe in that moment reads
+/// as drift. Within it, differences are re-checked shortly instead of "corrected".
+const SETTLE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -63,6 +67,8 @@ pub struct Context {
     pub resync: Duration,
     /// Consecutive Kafka failures per object, for the backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// Topics this process created, and when, for [`SETTLE`].
+    created: Mutex<HashMap<String, Instant>>,
 }
 
 impl Context {
@@ -82,6 +88,7 @@ impl Context {
             stores,
             resync,
             failures: Mutex::default(),
+            created: Mutex::default(),
         }
     }
 
@@ -116,6 +123,21 @@ impl Context {
         *attempt = attempt.saturating_add(1);
         let delay = Duration::from_secs(1 << (*attempt - 1).min(6)).min(Duration::from_secs(60));
         Action::requeue(jittered(delay))
+    }
+
+    fn created_now(&self, topic: &str) {
+        let mut created = self.created.lock().unwrap_or_else(|e| e.into_inner());
+        created.retain(|_, at| at.elapsed() < SETTLE);
+        created.insert(topic.to_owned(), Instant::now());
+    }
+
+    /// Whether this process created `topic` so recently that its description may lag.
+    fn settling(&self, topic: &str) -> bool {
+        self.created
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(topic)
+            .is_some_and(|at| at.elapsed() < SETTLE)
     }
 
     fn succeeded(&self, key: &str) {
@@ -380,6 +402,7 @@ async fn create(
     report: &mut Report,
 ) -> Result<Action, AdminError> {
     ctx.admin.create(desired).await?;
+    ctx.created_now(&desired.name);
     // A status that already names a topic means the operator had it once: someone deleted it.
     let action = if report.status.partitions.is_some() {
         TopicAction::Recreated
@@ -421,6 +444,9 @@ async fn converge(
     report: &mut Report,
 ) -> Result<Action, AdminError> {
     let plan = topic_plan::plan(desired, observed);
+    if plan.writes() && ctx.settling(&desired.name) {
+        return Ok(Action::requeue(Duration::from_secs(2)));
+    }
     let publish = ctx.admin.audit_topic_exists();
     if !plan.config_changes.is_empty() {
         let configs = topic_plan::configs_after(&observed.configs, &desired.configs);

@@ -473,9 +473,13 @@ async fn each_change_to_kafka_is_published_on_audit_events() {
         let data: serde_json::Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
         seen.push((header("ce_type").unwrap(), data));
     }
-    assert_eq!(seen[0].0, "io.omninode.bridge.topic.created");
+    // Exactly these two, in order: no spurious config write after the creation.
+    assert_eq!(seen[0].0, "io.omninode.bridge.topic.created", "{seen:#?}");
     assert_eq!(seen[0].1["object"]["namespace"], ns.name);
-    assert_eq!(seen[1].0, "io.omninode.bridge.topic.partitionsincreased");
+    assert_eq!(
+        seen[1].0, "io.omninode.bridge.topic.partitionsincreased",
+        "{seen:#?}"
+    );
     assert_eq!(
         seen[1].1["changes"],
         json!([{"field": "partitions", "old": "1", "new": "2"}])

@@ -44,6 +44,11 @@ pub const SERVICE_NAME: &str = "event-consumer";
 const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a dead-letter or lifecycle record may wait in the producer.
 const PRODUCE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the poll loop may stop taking records at the `maxInFlight` bound before it
+/// pauses the partitions instead. Pausing makes librdkafka drop what it prefetched and fetch
+/// it again on resume (tens of milliseconds to a second), so doing it at every bound starves
+/// a fast sink; not polling at all for long would hold up rebalances.
+const HOLD_BEFORE_PAUSE: Duration = Duration::from_secs(1);
 
 /// A partition as the dispatcher knows it while assigned. `epoch` tells a delivery task
 /// whose partition was revoked (and perhaps assigned again) that its result no longer counts.
@@ -61,6 +66,9 @@ struct DispatchState {
     partitions: HashMap<(String, i32), PartitionState>,
     next_epoch: u64,
     in_flight: usize,
+    /// The poll loop stopped taking records because `in_flight` reached the bound; what
+    /// librdkafka prefetched (at most `queued.max.messages.kbytes`) waits in its queue.
+    reading_held: bool,
     paused: bool,
     /// The group handed this member its first assignment (possibly empty).
     joined: bool,
@@ -107,7 +115,7 @@ impl Shared {
     }
 
     /// Below this many events in flight, paused partitions resume; the gap to the maximum
-    /// keeps a busy consumer from pausing and resuming at every event.
+    /// keeps a consumer whose sink is slow from pausing and resuming at every event.
     fn resume_mark(&self) -> usize {
         self.max_in_flight / 2
     }
@@ -354,6 +362,7 @@ pub async fn run(
         group_id: config.group_id.clone(),
         lifecycle,
         announced_ready: false,
+        held_since: None,
     };
     poll_loop.run(stopping, timeout).await;
     drop(delivery);
@@ -376,6 +385,8 @@ struct PollLoop {
     group_id: String,
     lifecycle: Lifecycle,
     announced_ready: bool,
+    /// Since when reading has been held at the `maxInFlight` bound.
+    held_since: Option<tokio::time::Instant>,
 }
 
 impl PollLoop {
@@ -384,6 +395,7 @@ impl PollLoop {
         let mut commit_tick = tokio::time::interval(COMMIT_INTERVAL);
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let hold_expires = self.held_since.map(|since| since + HOLD_BEFORE_PAUSE);
             tokio::select! {
                 biased;
                 _ = stopping.cancelled() => break,
@@ -398,7 +410,9 @@ impl PollLoop {
                     self.commit_finished_offsets();
                     self.refresh_readiness();
                 }
-                received = self.consumer.recv() => match received {
+                _ = tokio::time::sleep_until(hold_expires.unwrap_or_else(tokio::time::Instant::now)),
+                    if hold_expires.is_some() => self.apply_flow(),
+                received = self.consumer.recv(), if self.held_since.is_none() => match received {
                     Ok(message) => {
                         let record = message.detach();
                         self.admit(record);
@@ -466,14 +480,14 @@ impl PollLoop {
         let start = partition.lanes.admit(lane.as_ref(), job);
         state.in_flight += 1;
         self.shared.metrics.in_flight.set(state.in_flight as i64);
-        let full = state.in_flight >= self.shared.max_in_flight;
+        if state.in_flight >= self.shared.max_in_flight && !state.reading_held {
+            state.reading_held = true;
+            self.held_since = Some(tokio::time::Instant::now());
+        }
         drop(state);
         if let Some(job) = start {
             let delivery = self.delivery.clone();
             self.tasks.spawn(delivery.run_lane(job));
-        }
-        if full {
-            self.apply_flow();
         }
     }
 
@@ -493,13 +507,24 @@ impl PollLoop {
         }
     }
 
-    /// Pauses every assigned partition while too much is in flight or the sink's breaker is
-    /// open, and resumes them once both have eased. Paused partitions keep the group
-    /// membership alive (the loop goes on polling) without reading more.
+    /// At the `maxInFlight` bound the loop stops reading, and reads again as soon as an
+    /// event finishes. Every assigned partition is paused while the sink's breaker is open
+    /// or when the bound has held for [`HOLD_BEFORE_PAUSE`], and resumed once both have
+    /// eased. Paused partitions keep the group membership alive (the loop goes on polling)
+    /// without reading more.
     fn apply_flow(&mut self) {
         let breaker_open = self.delivery.breaker.is_open();
         let mut state = self.shared.lock();
-        let pause = state.in_flight >= self.shared.max_in_flight || breaker_open;
+        let mut held_too_long = false;
+        if let Some(since) = self.held_since {
+            let below_bound = state.in_flight < self.shared.max_in_flight;
+            held_too_long = !below_bound && since.elapsed() >= HOLD_BEFORE_PAUSE;
+            if below_bound || held_too_long {
+                state.reading_held = false;
+                self.held_since = None;
+            }
+        }
+        let pause = held_too_long || breaker_open;
         let resume = state.in_flight <= self.shared.resume_mark() && !breaker_open;
         let change = if pause && !state.paused {
             Some(true)
@@ -672,7 +697,9 @@ impl Delivery {
         let next = partition.lanes.next(job.lane.as_ref());
         state.in_flight -= 1;
         self.shared.metrics.in_flight.set(state.in_flight as i64);
-        if state.paused && state.in_flight <= self.shared.resume_mark() {
+        if (state.paused && state.in_flight <= self.shared.resume_mark())
+            || (state.reading_held && state.in_flight < self.shared.max_in_flight)
+        {
             self.shared.flow.notify_one();
         }
         next
@@ -909,6 +936,10 @@ pub fn consumer_config(config: &ConsumerConfig) -> ClientConfig {
     // librdkafka prefetches up to 64 MiB per client by default; a few MiB keep the
     // consumer small without starving it.
     set_default(&mut client, "queued.max.messages.kbytes", "8192");
+    // With a queue that small, librdkafka's default 1 s wait before fetching again once the
+    // queue was full leaves a fast sink idle for most of that second (librdkafka's
+    // CONFIGURATION.md says as much).
+    set_default(&mut client, "fetch.queue.backoff.ms", "100");
     client
         .set("group.id", &config.group_id)
         .set("partition.assignment.strategy", "cooperative-sticky")

@@ -17,14 +17,14 @@ cargo build -q --release -p bridge-operator --bin bridge-operator --example crea
 kubectl apply --server-side -f crds/ >/dev/null
 
 cleanup() {
-  [ -n "${OPERATOR_PID:-}" ] && kill "$OPERATOR_PID" 2>/dev/null || true
+  if [ -n "${OPERATOR_PID:-}" ]; then kill "$OPERATOR_PID" 2>/dev/null || true; fi
   kubectl delete namespace "$NS" --wait=false >/dev/null 2>&1 || true
   kafka-topics --bootstrap-server "$KAFKA_BOOTSTRAP_SERVERS" --delete --topic "(floor|op)-$RUN_ID-.*" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 
 # The floor.
-floor_seconds=$(target/release/examples/create_topics "$KAFKA_BOOTSTRAP_SERVERS" "floor-$RUN_ID" "$N")
+floor_seconds=$("${CARGO_TARGET_DIR:-target}/release/examples/create_topics" "$KAFKA_BOOTSTRAP_SERVERS" "floor-$RUN_ID" "$N")
 
 # The operator, watching a namespace of its own.
 kubectl create namespace "$NS" >/dev/null
@@ -32,7 +32,7 @@ for i in $(seq 0 $((N - 1))); do
   printf -- '---\napiVersion: bridge.omninode.io/v1alpha1\nkind: EventTopic\nmetadata: {name: t%d, namespace: %s}\nspec: {topicName: op-%s-%d, partitions: 1}\n' \
     "$i" "$NS" "$RUN_ID" "$i"
 done > "$WORK/eventtopics.yaml"
-target/release/bridge-operator --watch-namespaces "$NS" --leader-election-namespace "$NS" \
+"${CARGO_TARGET_DIR:-target}/release/bridge-operator" --watch-namespaces "$NS" --leader-election-namespace "$NS" \
   --identity "bench-$RUN_ID" --admin-listen 127.0.0.1:0 --resync-interval 5m \
   2> "$WORK/operator.log" &
 OPERATOR_PID=$!

@@ -366,7 +366,7 @@ declare -A OPERATOR_PORTS=()
 start_operator() { # identity, kubeconfig, lease namespace
   local port
   port=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  KUBECONFIG=$2 target/debug/bridge-operator --watch-namespaces "$NS_USER" --leader-election-namespace "$3" \
+  KUBECONFIG=$2 "${CARGO_TARGET_DIR:-target}/debug/bridge-operator" --watch-namespaces "$NS_USER" --leader-election-namespace "$3" \
     --identity "$1" --admin-listen "127.0.0.1:$port" --resync-interval 30s \
     --kafka-bootstrap-servers "$KAFKA_BOOTSTRAP_SERVERS" >> "$WORK/operator.log" 2>&1 &
   OPERATOR_PIDS[$1]=$!

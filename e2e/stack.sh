@@ -119,7 +119,8 @@ build_kubernetes() {
   local minor=${K8S_VERSION#1.}
   minor=${minor%%.*}
   local v=k8s.io/component-base/version c=k8s.io/client-go/pkg/version
-  local ldflags="-s -w -X $v.gitVersion=v$K8S_VERSION -X $v.gitMajor=1 -X $v.gitMinor=$minor
+  local ldflags
+  ldflags="-s -w -X $v.gitVersion=v$K8S_VERSION -X $v.gitMajor=1 -X $v.gitMinor=$minor
     -X $v.gitTreeState=clean -X $v.buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)
     -X $c.gitVersion=v$K8S_VERSION -X $c.gitMajor=1 -X $c.gitMinor=$minor"
   rm -rf "$K8S_DIR/bin.tmp" && mkdir -p "$K8S_DIR/bin.tmp"
@@ -586,6 +587,8 @@ cmd_env() {
     printf 'export KUBECONFIG=%q\nexport KAFKA_BOOTSTRAP_SERVERS=%q\nexport OMNINODE_STACK=local\n' \
       "$RUN/kubeconfig" "$(kafka_bootstrap)"
   fi
+  # $PATH stays literal: it expands where the caller evals these lines.
+  # shellcheck disable=SC2016
   printf 'export PATH=%q:"$PATH"\n' "$RUN/bin"
 }
 

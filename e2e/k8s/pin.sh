@@ -14,7 +14,7 @@ KGOMOD=$(go mod download -json "k8s.io/kubernetes@v$KV" | sed -n 's/.*"GoMod": "
 go mod edit -go="$(awk '$1 == "go" {print $2; exit}' "$KGOMOD")"
 godebug=$(awk '$1 == "godebug" {print $2; exit}' "$KGOMOD")
 [ -n "$godebug" ] && go mod edit -godebug="$godebug"
-for m in $(awk '$1 ~ /^k8s\.io\// && $2 == "v0.0.0" {print $1}' "$KGOMOD" | sort -u); do
+awk '$1 ~ /^k8s\.io\// && $2 == "v0.0.0" {print $1}' "$KGOMOD" | sort -u | while read -r m; do
   go mod edit -replace="$m=$m@$SV"
 done
 go get -tool "k8s.io/kubernetes/cmd/kube-apiserver@v$KV" \

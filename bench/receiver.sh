@@ -15,6 +15,8 @@
 # correlation id and record key); the body and so its signature are the same for all.
 # Usage: bench/receiver.sh [STEP_S [HALF_S]]     (defaults 10 and 15; prints a Markdown
 # table; deletes its topics after). About 5 minutes on 2 idle cores.
+# KAFKA_EXTRA="name=value ..." adds librdkafka properties to both hook-receiver (through
+# `kafka.properties`) and the floor, e.g. KAFKA_EXTRA=max.in.flight.requests.per.connection=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEP_S=${1:-10}
@@ -37,6 +39,12 @@ REQUIREMENTS=bench/baselines/receiver/requirements.txt
 VEGETA_VERSION=12.13.0
 VEGETA=$HOME/.cache/omninode-bridge/vegeta-$VEGETA_VERSION/vegeta
 BIN=${CARGO_TARGET_DIR:-target}/release
+read -r -a KAFKA_EXTRA_ARGS <<<"${KAFKA_EXTRA:-}"
+kafka_properties=""
+for property in "${KAFKA_EXTRA_ARGS[@]}"; do
+  kafka_properties="$kafka_properties\"${property%%=*}\": \"${property#*=}\", "
+done
+kafka_properties="{${kafka_properties%, }}"
 mkdir -p "$WORK"
 
 say() { echo "bench: $*" >&2; }
@@ -173,7 +181,8 @@ search() { # targets-file name
 # (a) The floor.
 say "floor: bare rdkafka producer, $FLOOR_RECORDS records, at most $FLOOR_IN_FLIGHT in flight"
 read -r floor_rate floor_p50 floor_p99 floor_kib < <("$BIN"/examples/bare_producer \
-  "$KAFKA_BOOTSTRAP_SERVERS" "$TOPIC_FLOOR" "$FLOOR_RECORDS" "$KEYS" "$FLOOR_IN_FLIGHT" 2>"$WORK/floor.log")
+  "$KAFKA_BOOTSTRAP_SERVERS" "$TOPIC_FLOOR" "$FLOOR_RECORDS" "$KEYS" "$FLOOR_IN_FLIGHT" \
+  ${KAFKA_EXTRA_ARGS[@]+"${KAFKA_EXTRA_ARGS[@]}"} 2>"$WORK/floor.log")
 say "floor: $floor_rate records/s, delivery p50 $floor_p50 ms, p99 $floor_p99 ms"
 
 # hook-receiver.
@@ -183,7 +192,7 @@ cat >"$WORK/receiver.yaml" <<EOF
 listen: 127.0.0.1:$port
 adminListen: 127.0.0.1:$admin_port
 source: /bench/hook-receiver
-kafka: {bootstrapServers: "$KAFKA_BOOTSTRAP_SERVERS"}
+kafka: {bootstrapServers: "$KAFKA_BOOTSTRAP_SERVERS", properties: $kafka_properties}
 spool: {dir: $WORK/spool}
 routes:
   - name: github
@@ -242,7 +251,8 @@ say "load average after: $load_after"
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 cat <<EOF
 1 KiB JSON bodies, GitHub HMAC, $KEYS delivery ids (record keys), $PARTITIONS partitions (RF 3), acks=all;
-steps of $STEP_S s, $HALF_S s at half the highest sustained rate; vegeta $VEGETA_VERSION.
+steps of $STEP_S s, $HALF_S s at half the highest sustained rate; vegeta $VEGETA_VERSION;
+extra librdkafka properties (receiver and floor): $kafka_properties.
 Load average before: $load_before; after: $load_after.
 
 | | highest sustained (p99 < $P99_LIMIT_MS ms) | p50 at half | p99 at half | peak RSS | CPU |

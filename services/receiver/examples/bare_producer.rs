@@ -5,7 +5,8 @@
 //! murmur2, librdkafka's default batching), as fast as it can with at most `in_flight`
 //! records unacknowledged.
 //!
-//! bare_producer <bootstrap servers> <topic> <count> <keys> <in_flight>
+//! bare_producer <bootstrap servers> <topic> <count> <keys> <in_flight> [property=value ...]
+//! (extra librdkafka properties, set after the receiver's, are for experiments only)
 //! prints: records/s, delivery latency p50 and p99 in ms, peak RSS in KiB
 
 use std::sync::Mutex;
@@ -75,19 +76,29 @@ fn percentile_ms(sorted_us: &[u32], p: f64) -> f64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let [_, bootstrap, topic, count, keys, in_flight] = args.as_slice() else {
-        eprintln!("usage: bare_producer <bootstrap servers> <topic> <count> <keys> <in_flight>");
+    let [_, bootstrap, topic, count, keys, in_flight, extra @ ..] = args.as_slice() else {
+        eprintln!(
+            "usage: bare_producer <bootstrap servers> <topic> <count> <keys> <in_flight> [property=value ...]"
+        );
         std::process::exit(2);
     };
     let count: u64 = count.parse().expect("count is a number");
     let keys: u64 = keys.parse().expect("keys is a number");
     let max_in_flight: usize = in_flight.parse().expect("in_flight is a number");
-    let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", bootstrap)
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("partitioner", "murmur2_random")
-        .set("message.timeout.ms", "30000")
+        .set("message.timeout.ms", "30000");
+    for property in extra {
+        let (name, value) = property
+            .split_once('=')
+            .expect("extra properties are written name=value");
+        config.set(name, value);
+    }
+    let producer: ThreadedProducer<Deliveries> = config
         .create_with_context(Deliveries {
             latencies_us: Mutex::new(Vec::with_capacity(count as usize)),
             failed: AtomicUsize::new(0),

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
 use kube::api::PostParams;
 use rdkafka::ClientConfig;
@@ -164,6 +165,25 @@ where
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Waits until the CRD `name` (`<plural>.<group>`) is Established.
+pub async fn crd_established(client: &kube::Client, name: &str) {
+    let crds = Api::<CustomResourceDefinition>::all(client.clone());
+    eventually(
+        &format!("CRD {name} to be Established"),
+        Duration::from_secs(60),
+        || async {
+            let crd = crds.get(name).await.ok()?;
+            let established = crd
+                .status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            established.then_some(())
+        },
+    )
+    .await;
 }
 
 /// A namespace of one test's own, deleted (without waiting) when the value drops, even

@@ -7,9 +7,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use bridge_e2e::{Stack, eventually, unique_name};
-use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use bridge_e2e::{Stack, TestNamespace, crd_established, eventually};
 use kube::api::{
     ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
 };
@@ -97,35 +95,17 @@ fn apply_crds_once() {
 /// deleted when the test ends, pass or fail.
 struct Fixture {
     client: Client,
-    namespace: String,
+    namespace: TestNamespace,
 }
 
 impl Fixture {
     async fn new(prefix: &str) -> Self {
         let client = Stack::from_env().unwrap().kube_client().await;
         apply_crds_once();
-        let crds = Api::<CustomResourceDefinition>::all(client.clone());
         for kind in Kind::ALL {
-            let name = format!("{}.{GROUP}", kind.plural());
-            eventually(&format!("CRD {name} to be Established"), BOUND, || async {
-                let crd = crds.get(&name).await.ok()?;
-                let established = crd
-                    .status?
-                    .conditions?
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True");
-                established.then_some(())
-            })
-            .await;
+            crd_established(&client, &format!("{}.{GROUP}", kind.plural())).await;
         }
-
-        let namespace = unique_name(prefix);
-        let ns: Namespace =
-            serde_json::from_value(json!({"metadata": {"name": namespace}})).unwrap();
-        Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &ns)
-            .await
-            .expect("namespace created");
+        let namespace = TestNamespace::create(&client, prefix).await;
         let fixture = Self { client, namespace };
         // Established comes a moment before the new resources are served.
         for kind in Kind::ALL {
@@ -141,7 +121,7 @@ impl Fixture {
     }
 
     fn api(&self, kind: Kind) -> Api<DynamicObject> {
-        Api::namespaced_with(self.client.clone(), &self.namespace, &kind.resource())
+        Api::namespaced_with(self.client.clone(), &self.namespace.name, &kind.resource())
     }
 
     async fn create(&self, kind: Kind, name: &str, spec: Value) -> Result<Value, kube::Error> {
@@ -193,15 +173,6 @@ impl Fixture {
             }
         }
         failures
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        // Blocking and runtime-free, so the namespace goes even when the test panicked.
-        let _ = kubectl()
-            .args(["delete", "namespace", &self.namespace, "--wait=false"])
-            .output();
     }
 }
 
@@ -782,7 +753,7 @@ async fn kubectl_applies_the_crds_and_lists_each_kind_by_short_name_with_its_col
     .await
     .unwrap();
 
-    let get = |short: &str| run(kubectl().args(["get", short, "-n", &f.namespace]));
+    let get = |short: &str| run(kubectl().args(["get", short, "-n", &f.namespace.name]));
     let header = |table: &str| -> Vec<String> {
         let first = table.lines().next().unwrap_or_default();
         // Column titles are separated by runs of spaces; titles may contain single spaces.

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use bridge_e2e::{
-    Stack, StackKind, TestNamespace, eventually, pinned_kubernetes_version, unique_name,
+    Stack, StackKind, TestNamespace, crd_established, eventually, pinned_kubernetes_version,
+    unique_name,
 };
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::authentication::v1::TokenRequest;
@@ -166,16 +167,7 @@ async fn crd_cel_rule_refuses_an_invalid_object_with_its_message() {
     let crds = Api::<CustomResourceDefinition>::all(client.clone());
     crds.create(&PostParams::default(), &crd).await.unwrap();
     let name = crd.metadata.name.clone().unwrap();
-    eventually("the CRD to be Established", BOUND, || async {
-        let crd = crds.get(&name).await.ok()?;
-        let established = crd
-            .status?
-            .conditions?
-            .iter()
-            .any(|c| c.type_ == "Established" && c.status == "True");
-        established.then_some(())
-    })
-    .await;
+    crd_established(&client, &name).await;
 
     let resource =
         ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, "v1", "Widget"), &plural);

@@ -7,3 +7,4 @@ pub mod kafka_admin;
 pub mod metrics;
 pub mod topic_controller;
 pub mod topic_plan;
+pub mod workload;

@@ -24,11 +24,10 @@ use crate::conditions::{self, Decided};
 use crate::kafka_admin::{AdminError, TopicAdmin};
 use crate::metrics::Metrics;
 use crate::topic_plan::{self, DesiredTopic, ObservedTopic};
+use crate::workload::FIELD_MANAGER;
 
 /// Set only under `deletionPolicy: Delete`: the topic is deleted before the object goes.
 pub const FINALIZER: &str = "bridge.omninode.io/delete-topic";
-/// The one field manager of every write the operator makes.
-pub const FIELD_MANAGER: &str = "bridge-operator";
 const KIND: &str = "EventTopic";
 /// How long after creating a topic its description may still lag: brokers learn of a new
 /// topic's configs a moment after CreateTopics returns, and a describe in that moment reads

@@ -1,0 +1,438 @@
+//! What the WebhookIngress and EventConsumer controllers share: the operator's settings for
+//! the workloads it runs (image, Kafka client settings), the labels and owner reference on
+//! every object it writes, server-side apply, the pruning of owned objects the spec no
+//! longer asks for, the restricted security context, and how a Deployment's progress and a
+//! referenced EventTopic read as conditions.
+//!
+//! The "build the desired object" functions here and in `ingress_plan` / `consumer_plan` are
+//! pure, so they are unit-tested without an API server.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bridge_api::{EventTopic, condition_type, find_condition};
+use bridge_events::KafkaSettings;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{
+    Capabilities, PodSecurityContext, SeccompProfile, SecurityContext,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::events::Recorder;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::conditions::Decided;
+use crate::metrics::Metrics;
+
+/// The one field manager of every write the operator makes.
+pub const FIELD_MANAGER: &str = "bridge-operator";
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY: &str = "bridge-operator";
+pub const NAME_LABEL: &str = "app.kubernetes.io/name";
+pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
+pub const PART_OF_LABEL: &str = "app.kubernetes.io/part-of";
+/// On a pod template: a digest of everything the pods read at start (their config and the
+/// Secrets they mount), so a change to any of it rolls the pods.
+pub const CONFIG_CHECKSUM_ANNOTATION: &str = "bridge.omninode.io/config-checksum";
+
+/// How the operator runs the workloads, from its own flags: the same image and Kafka
+/// connection for every WebhookIngress and EventConsumer.
+#[derive(Debug, Clone)]
+pub struct WorkloadSettings {
+    /// The image holding `hook-receiver` and `event-consumer` (on its PATH).
+    pub image: String,
+    pub image_pull_policy: Option<String>,
+    /// Written into every service config's `kafka:` block.
+    pub kafka: KafkaSettings,
+}
+
+/// What a workload controller needs at reconcile time.
+pub struct WorkloadContext {
+    pub client: Client,
+    pub settings: WorkloadSettings,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    /// How often each object is looked at again with nothing changed: lag, Secrets (which
+    /// the operator may `get` but not watch) and owned objects edited by hand.
+    pub resync: Duration,
+}
+
+/// The labels on every object of one workload; the first three select its pods.
+pub fn labels(component: &str, instance: &str) -> BTreeMap<String, String> {
+    let mut labels = selector_labels(component, instance);
+    labels.insert(PART_OF_LABEL.into(), "omninode-bridge".into());
+    labels
+}
+
+/// The labels a workload's Deployment, Service and PodDisruptionBudget select its pods by.
+pub fn selector_labels(component: &str, instance: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (NAME_LABEL.into(), component.into()),
+        (INSTANCE_LABEL.into(), instance.into()),
+        (MANAGED_BY_LABEL.into(), MANAGED_BY.into()),
+    ])
+}
+
+/// The controller owner reference to `owner`, so Kubernetes garbage-collects what the
+/// operator made for it and the controller hears about changes to it.
+pub fn owner_reference<K: Resource<DynamicType = ()>>(owner: &K) -> OwnerReference {
+    owner
+        .controller_owner_ref(&())
+        .expect("objects read from the API server have a name and uid")
+}
+
+/// A lowercase hex SHA-256 of `parts`, each length-prefixed so their boundaries count.
+pub fn checksum<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in parts {
+        context.update(&(part.len() as u64).to_be_bytes());
+        context.update(part);
+    }
+    context
+        .finish()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Server-side apply of the whole desired object, owned by the operator's field manager.
+/// Forced: the operator is the authority on the fields it sets. Applying an unchanged
+/// object is a no-op on the API server (no new resourceVersion, no event to watchers).
+pub async fn apply<K>(api: &Api<K>, object: &K) -> Result<K, kube::Error>
+where
+    K: Resource + Clone + Debug + Serialize + DeserializeOwned,
+{
+    let name = object.meta().name.clone().unwrap_or_default();
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(object),
+    )
+    .await
+}
+
+/// Deletes the objects of kind `K` in `api` that `owner` controls and that are not in
+/// `keep` (by name): what the spec asked for once and no longer does.
+pub async fn prune<K, O>(api: &Api<K>, owner: &O, keep: &[String]) -> Result<Vec<String>, kube::Error>
+where
+    K: Resource + Clone + Debug + DeserializeOwned,
+    O: Resource<DynamicType = ()>,
+{
+    let owner_uid = owner.meta().uid.clone().unwrap_or_default();
+    let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY}");
+    let mut deleted = Vec::new();
+    for object in api.list(&ListParams::default().labels(&selector)).await? {
+        let controlled = object
+            .meta()
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|r| r.controller == Some(true) && r.uid == owner_uid);
+        let name = object.meta().name.clone().unwrap_or_default();
+        if controlled && !keep.contains(&name) {
+            match api.delete(&name, &DeleteParams::background()).await {
+                Ok(_) => deleted.push(name),
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(error) => return Err(error),
+            }
+        }
+    }
+    Ok(deleted)
+}
+
+/// The pod-level half of the restricted Pod Security Standard.
+pub fn pod_security_context() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(65532),
+        run_as_group: Some(65532),
+        fs_group: Some(65532),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The container-level half of the restricted Pod Security Standard.
+pub fn container_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// An EventTopic reference that cannot be used yet, as a person should read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicProblem {
+    NotFound { name: String },
+    NotReady { name: String, reason: String },
+}
+
+impl TopicProblem {
+    pub fn decided(&self, namespace: &str) -> Decided {
+        match self {
+            Self::NotFound { name } => Decided::new(
+                condition_type::READY,
+                false,
+                "TopicNotFound",
+                format!(
+                    "EventTopic {namespace}/{name} does not exist: create it, or fix the topic name in the spec"
+                ),
+            ),
+            Self::NotReady { name, reason } => Decided::new(
+                condition_type::READY,
+                false,
+                "TopicNotReady",
+                format!(
+                    "EventTopic {namespace}/{name} is not Ready ({reason}): see `kubectl describe eventtopic -n {namespace} {name}`"
+                ),
+            ),
+        }
+    }
+}
+
+/// The Kafka topic name of the EventTopic `name`, if it exists and is Ready.
+pub fn resolve_topic(topic: Option<&EventTopic>, name: &str) -> Result<String, TopicProblem> {
+    let Some(topic) = topic else {
+        return Err(TopicProblem::NotFound { name: name.into() });
+    };
+    let conditions = topic
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    match find_condition(conditions, condition_type::READY) {
+        Some(c) if c.status == "True" => Ok(topic.topic_name().to_owned()),
+        Some(c) => Err(TopicProblem::NotReady {
+            name: name.into(),
+            reason: c.reason.clone(),
+        }),
+        None => Err(TopicProblem::NotReady {
+            name: name.into(),
+            reason: "not reconciled yet".into(),
+        }),
+    }
+}
+
+/// Reads each named EventTopic of `namespace` and resolves it to its Kafka topic name; the
+/// first problem, in the order given, is returned.
+pub async fn resolve_topics(
+    client: &Client,
+    namespace: &str,
+    names: &[&str],
+) -> Result<Result<Vec<String>, TopicProblem>, kube::Error> {
+    let api: Api<EventTopic> = Api::namespaced(client.clone(), namespace);
+    let mut resolved = Vec::with_capacity(names.len());
+    for name in names {
+        let topic = api.get_opt(name).await?;
+        match resolve_topic(topic.as_ref(), name) {
+            Ok(kafka_name) => resolved.push(kafka_name),
+            Err(problem) => return Ok(Err(problem)),
+        }
+    }
+    Ok(Ok(resolved))
+}
+
+/// How far a workload's Deployment has come, as the owner's `Ready` condition: ready when
+/// the rollout of the current template is complete and every wanted replica is ready.
+pub fn deployment_progress(deployment: Option<&Deployment>, what: &str) -> (i32, Decided) {
+    let Some(deployment) = deployment else {
+        return (
+            0,
+            Decided::new(
+                condition_type::READY,
+                false,
+                "Progressing",
+                format!("creating the {what} Deployment"),
+            ),
+        );
+    };
+    let wanted = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(1);
+    let status = deployment.status.clone().unwrap_or_default();
+    let ready = status.ready_replicas.unwrap_or(0);
+    let updated = status.updated_replicas.unwrap_or(0);
+    let total = status.replicas.unwrap_or(0);
+    let observed = status.observed_generation >= deployment.metadata.generation;
+    let name = deployment.name_any();
+    let decided = if !observed {
+        Decided::new(
+            condition_type::READY,
+            false,
+            "Progressing",
+            format!("Deployment {name} has not seen its latest spec yet"),
+        )
+    } else if wanted == 0 {
+        Decided::new(
+            condition_type::READY,
+            true,
+            "ScaledToZero",
+            format!("the {what} runs no replicas"),
+        )
+    } else if updated < wanted || total > wanted {
+        Decided::new(
+            condition_type::READY,
+            false,
+            "Progressing",
+            format!("rolling out Deployment {name}: {updated} of {wanted} replicas updated"),
+        )
+    } else if ready < wanted {
+        Decided::new(
+            condition_type::READY,
+            false,
+            "ReplicasNotReady",
+            format!(
+                "{ready} of {wanted} replicas of Deployment {name} are ready; see `kubectl describe deployment {name}` and the pods' /readyz"
+            ),
+        )
+    } else {
+        Decided::new(
+            condition_type::READY,
+            true,
+            "Running",
+            format!("{ready} of {wanted} replicas ready"),
+        )
+    };
+    (ready, decided)
+}
+
+/// One Api per watched namespace, or one across all namespaces.
+pub fn apis<K>(client: &Client, namespaces: &[String]) -> Vec<Api<K>>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    if namespaces.is_empty() {
+        vec![Api::all(client.clone())]
+    } else {
+        namespaces
+            .iter()
+            .map(|ns| Api::namespaced(client.clone(), ns))
+            .collect()
+    }
+}
+
+/// Resolves once `stop` turns true: the graceful-shutdown signal every controller follows.
+pub async fn until_stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// The namespace of a namespaced object read from the API server.
+pub fn namespace_of<K: Resource>(object: &K) -> String {
+    object.namespace().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::apps::v1::{DeploymentSpec, DeploymentStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
+    use k8s_openapi::jiff::Timestamp;
+
+    #[test]
+    fn the_checksum_changes_with_any_part_and_with_part_boundaries() {
+        let a = checksum([b"ab".as_slice(), b"c".as_slice()]);
+        assert_eq!(a.len(), 64);
+        assert_eq!(a, checksum([b"ab".as_slice(), b"c".as_slice()]));
+        assert_ne!(a, checksum([b"a".as_slice(), b"bc".as_slice()]));
+        assert_ne!(a, checksum([b"ab".as_slice(), b"d".as_slice()]));
+    }
+
+    fn topic(ready: Option<(&str, &str)>) -> EventTopic {
+        let mut topic = EventTopic::new("orders", serde_json::from_str("{}").unwrap());
+        topic.spec.topic_name = Some("team-a.orders".into());
+        topic.status = ready.map(|(status, reason)| bridge_api::EventTopicStatus {
+            conditions: vec![Condition {
+                type_: "Ready".into(),
+                status: status.into(),
+                reason: reason.into(),
+                message: String::new(),
+                observed_generation: None,
+                last_transition_time: Time(Timestamp::UNIX_EPOCH),
+            }],
+            ..Default::default()
+        });
+        topic
+    }
+
+    #[test]
+    fn a_topic_resolves_to_its_kafka_name_only_when_ready() {
+        assert_eq!(
+            resolve_topic(Some(&topic(Some(("True", "TopicReady")))), "orders"),
+            Ok("team-a.orders".into())
+        );
+        assert_eq!(
+            resolve_topic(None, "orders"),
+            Err(TopicProblem::NotFound {
+                name: "orders".into()
+            })
+        );
+        let problem =
+            resolve_topic(Some(&topic(Some(("False", "KafkaUnavailable")))), "orders").unwrap_err();
+        let decided = problem.decided("team-a");
+        assert_eq!(decided.reason, "TopicNotReady");
+        assert!(decided.message.contains("team-a/orders"), "{}", decided.message);
+        assert!(decided.message.contains("KafkaUnavailable"), "{}", decided.message);
+        assert!(matches!(
+            resolve_topic(Some(&topic(None)), "orders"),
+            Err(TopicProblem::NotReady { .. })
+        ));
+    }
+
+    fn deployment(wanted: i32, updated: i32, ready: i32, observed: bool) -> Deployment {
+        Deployment {
+            metadata: ObjectMeta {
+                name: Some("github-receiver".into()),
+                generation: Some(2),
+                ..Default::default()
+            },
+            spec: Some(DeploymentSpec {
+                replicas: Some(wanted),
+                ..Default::default()
+            }),
+            status: Some(DeploymentStatus {
+                observed_generation: Some(if observed { 2 } else { 1 }),
+                replicas: Some(updated.max(ready)),
+                updated_replicas: Some(updated),
+                ready_replicas: Some(ready),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn a_deployment_is_ready_only_when_its_rollout_is_complete() {
+        let reason = |d: &Deployment| deployment_progress(Some(d), "receiver").1.reason;
+        assert_eq!(reason(&deployment(2, 2, 2, true)), "Running");
+        assert_eq!(reason(&deployment(2, 2, 2, false)), "Progressing");
+        assert_eq!(reason(&deployment(2, 1, 2, true)), "Progressing");
+        assert_eq!(reason(&deployment(2, 2, 1, true)), "ReplicasNotReady");
+        assert_eq!(reason(&deployment(0, 0, 0, true)), "ScaledToZero");
+        assert_eq!(deployment_progress(None, "receiver").1.reason, "Progressing");
+        assert_eq!(deployment_progress(Some(&deployment(3, 3, 3, true)), "r").0, 3);
+    }
+
+    #[test]
+    fn selector_labels_are_a_subset_of_the_labels() {
+        let all = labels("hook-receiver", "github");
+        for (key, value) in selector_labels("hook-receiver", "github") {
+            assert_eq!(all.get(&key), Some(&value));
+        }
+        assert_eq!(all[MANAGED_BY_LABEL], "bridge-operator");
+    }
+}

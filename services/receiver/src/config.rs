@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bridge_events::KafkaSettings;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -32,7 +32,7 @@ pub enum ConfigError {
     },
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ReceiverConfig {
     pub listen: SocketAddr,
@@ -44,19 +44,22 @@ pub struct ReceiverConfig {
     /// How long a request waits for Kafka's acknowledgement before its event is spooled.
     #[serde(
         default = "defaults::publish_timeout",
-        deserialize_with = "duration_field::publish_timeout"
+        deserialize_with = "duration_field::publish_timeout",
+        serialize_with = "duration_text"
     )]
     pub publish_timeout: Duration,
     /// Bound on reading a request body; slow clients get cut off after it.
     #[serde(
         default = "defaults::read_timeout",
-        deserialize_with = "duration_field::read_timeout"
+        deserialize_with = "duration_field::read_timeout",
+        serialize_with = "duration_text"
     )]
     pub read_timeout: Duration,
     /// Bound on the whole shutdown: finishing requests and flushing the producer.
     #[serde(
         default = "defaults::shutdown_timeout",
-        deserialize_with = "duration_field::shutdown_timeout"
+        deserialize_with = "duration_field::shutdown_timeout",
+        serialize_with = "duration_text"
     )]
     pub shutdown_timeout: Duration,
     #[serde(default)]
@@ -69,10 +72,11 @@ pub struct ReceiverConfig {
     #[serde(default = "defaults::lifecycle_topic")]
     pub lifecycle_topic: String,
     /// Names this process in lifecycle events; default the `HOSTNAME` (the Pod name).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SpoolConfig {
     pub dir: PathBuf,
@@ -82,7 +86,7 @@ pub struct SpoolConfig {
     pub segment_bytes: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BreakerConfig {
     /// Consecutive delivery failures that open the breaker.
@@ -91,12 +95,14 @@ pub struct BreakerConfig {
     /// First wait before an open breaker lets a probe through; doubles up to `maxOpenFor`.
     #[serde(
         default = "defaults::open_for",
-        deserialize_with = "duration_field::open_for"
+        deserialize_with = "duration_field::open_for",
+        serialize_with = "duration_text"
     )]
     pub open_for: Duration,
     #[serde(
         default = "defaults::max_open_for",
-        deserialize_with = "duration_field::max_open_for"
+        deserialize_with = "duration_field::max_open_for",
+        serialize_with = "duration_text"
     )]
     pub max_open_for: Duration,
 }
@@ -111,50 +117,67 @@ impl Default for BreakerConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RouteConfig {
     pub name: String,
     pub path: String,
     pub topic: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub event_type: Option<ValueSource>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub correlation_id: Option<ValueSource>,
     /// Where the sender's delivery id is (the CloudEvent id, and the dedupe key). Default:
     /// `X-GitHub-Delivery` for `github` auth, `webhook-id` for `standardWebhooks`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub delivery_id: Option<ValueSource>,
     #[serde(default)]
     pub auth: AuthConfig,
     #[serde(default = "defaults::max_body_bytes")]
     pub max_body_bytes: usize,
-    #[serde(default, deserialize_with = "duration_field::dedupe_window")]
+    #[serde(
+        default,
+        deserialize_with = "duration_field::dedupe_window",
+        serialize_with = "optional_duration_text",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub dedupe_window: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub schema_version: Option<String>,
 }
 
 /// Where a value comes from: exactly one of `header`, `jsonPointer`, `value`, with an
 /// optional `prefix` put in front of it.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ValueSource {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub header: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub json_pointer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub prefix: String,
 }
 
 /// Exactly one kind is set; `none: {}` has to be written out, so no route is open by accident.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AuthConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub github: Option<SecretFile>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub standard_webhooks: Option<SecretFile>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub hmac: Option<HmacConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub bearer: Option<SecretFile>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub none: Option<NoAuth>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NoAuth {}
 
@@ -192,13 +215,13 @@ impl AuthConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SecretFile {
     pub secret_file: PathBuf,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HmacConfig {
     pub secret_file: PathBuf,
@@ -211,7 +234,7 @@ pub struct HmacConfig {
     pub prefix: String,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum HmacAlgorithm {
     #[default]
@@ -219,7 +242,7 @@ pub enum HmacAlgorithm {
     Sha512,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum SignatureEncoding {
     #[default]
@@ -227,7 +250,8 @@ pub enum SignatureEncoding {
     Base64,
 }
 
-mod defaults {
+/// The value of each field left out of a config file.
+pub mod defaults {
     use std::time::Duration;
 
     pub fn publish_timeout() -> Duration {
@@ -274,6 +298,27 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|e| format!("`{text}` is not a duration like 10m, 30s or 200ms: {e}"))?;
     Duration::try_from(signed).map_err(|_| format!("`{text}` is negative"))
+}
+
+/// Writes a duration so [`parse_duration`] reads it back unchanged: whole seconds as `30s`,
+/// anything finer in milliseconds.
+fn duration_text<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    let text = if duration.subsec_millis() == 0 && duration.subsec_nanos() == 0 {
+        format!("{}s", duration.as_secs())
+    } else {
+        format!("{}ms", duration.as_millis())
+    };
+    serializer.serialize_str(&text)
+}
+
+fn optional_duration_text<S: Serializer>(
+    duration: &Option<Duration>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match duration {
+        Some(duration) => duration_text(duration, serializer),
+        None => serializer.serialize_none(),
+    }
 }
 
 /// serde_yaml names the enclosing object but not the field of a custom error, so each
@@ -474,6 +519,20 @@ routes:
         assert!(matches!(config.routes[1].auth.kind(), Ok(AuthKind::None)));
         assert_eq!(config.routes[1].max_body_bytes, 1 << 20);
         assert_eq!(config.publish_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_written_config_reads_back_as_the_same_config() {
+        let config = ReceiverConfig::parse(EXAMPLE).unwrap();
+        let text = serde_yaml::to_string(&config).unwrap();
+        let again = ReceiverConfig::parse(&text).unwrap();
+        assert_eq!(serde_yaml::to_string(&again).unwrap(), text);
+        assert_eq!(
+            again.routes[0].dedupe_window,
+            Some(Duration::from_secs(600))
+        );
+        assert!(text.contains("publishTimeout: 5s"), "{text}");
+        assert!(!text.contains("deliveryId"), "{text}");
     }
 
     #[test]

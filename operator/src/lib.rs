@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod conditions;
+pub mod consumer_plan;
 pub mod kafka_admin;
 pub mod metrics;
 pub mod topic_controller;

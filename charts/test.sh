@@ -187,6 +187,7 @@ pass "kubeVersion: 1.36 admitted, 1.28 refused"
 # (the very version the chart is installed on below) and from the CRD files.
 "$PYTHON" "$TESTS/k8s_json_schemas.py" --out "$WORK/schemas" crds/*.yaml \
   "$MONITORING_CRDS/monitoring.coreos.com_servicemonitors.yaml" \
+  "$MONITORING_CRDS/monitoring.coreos.com_podmonitors.yaml" \
   "$MONITORING_CRDS/monitoring.coreos.com_prometheusrules.yaml" >/dev/null
 kubeconform() {
   "$KUBECONFORM" -strict -summary -output text \
@@ -262,7 +263,7 @@ helm template "$RELEASE" "$CHART" -n "$NS_OPERATOR" -f "$TESTS/values-full.yaml"
   --set "operator.watchNamespaces={$NS_USER}" \
   | "$PYTHON" -c '
 import sys, yaml
-docs = [d for d in yaml.safe_load_all(sys.stdin) if d and d["kind"] not in ("ServiceMonitor", "PrometheusRule")]
+docs = [d for d in yaml.safe_load_all(sys.stdin) if d and d["kind"] not in ("ServiceMonitor", "PodMonitor", "PrometheusRule")]
 yaml.safe_dump_all(docs, sys.stdout)' > "$WORK/full-live.yaml"
 timeout 60 kubectl apply --dry-run=server --server-side -f "$WORK/full-live.yaml" >/dev/null
 pass "full values accepted by the API server (server-side dry run)"
@@ -294,40 +295,51 @@ pass "helm install: Deployment ready with 2 replicas under the restricted Pod Se
 can() { kubectl auth can-i --as="$SA" "$@" >/dev/null 2>&1; }
 must() { can "$@" || fail "the operator's ServiceAccount cannot: $*"; }
 mustnt() { ! can "$@" || fail "the operator's ServiceAccount can, but must not: $*"; }
-ET=eventtopics.bridge.omninode.io
-for verb in get list watch patch update; do must "$verb" "$ET" -n "$NS_USER"; done
-must list "$ET" --all-namespaces
-must watch "$ET" --all-namespaces
-must patch "$ET" --subresource=status -n "$NS_USER"
-must update "$ET" --subresource=status -n "$NS_USER"
-must update "$ET" --subresource=finalizers -n "$NS_USER"
+for KIND in eventtopics eventconsumers webhookingresses; do
+  CR=$KIND.bridge.omninode.io
+  for verb in get list watch patch update; do must "$verb" "$CR" -n "$NS_USER"; done
+  must list "$CR" --all-namespaces
+  must watch "$CR" --all-namespaces
+  must patch "$CR" --subresource=status -n "$NS_USER"
+  must update "$CR" --subresource=status -n "$NS_USER"
+  must update "$CR" --subresource=finalizers -n "$NS_USER"
+  must get customresourcedefinitions.apiextensions.k8s.io/"$CR"
+  mustnt create "$CR" -n "$NS_USER"
+  mustnt delete "$CR" -n "$NS_USER"
+  mustnt update customresourcedefinitions.apiextensions.k8s.io/"$CR"
+done
+# The workloads: applied server-side, watched as owned objects, pruned when the spec drops them.
+for KIND in deployments.apps services configmaps poddisruptionbudgets.policy \
+  ingresses.networking.k8s.io httproutes.gateway.networking.k8s.io; do
+  for verb in get list watch create patch delete; do must "$verb" "$KIND" -n "$NS_USER"; done
+done
 must create events.events.k8s.io -n "$NS_USER"
 must patch events.events.k8s.io -n "$NS_USER"
 must create leases.coordination.k8s.io -n "$NS_OPERATOR"
 for verb in get update patch; do must "$verb" leases.coordination.k8s.io/bridge-operator -n "$NS_OPERATOR"; done
-must get customresourcedefinitions.apiextensions.k8s.io/eventtopics.bridge.omninode.io
-for verb in get list watch; do
+# A referenced Secret may be read by name (to check it exists and to roll the pods when it
+# changes); never listed or watched.
+must get secrets -n "$NS_USER"
+for verb in list watch create update patch delete; do
   mustnt "$verb" secrets -n "$NS_OPERATOR"
   mustnt "$verb" secrets -n "$NS_USER"
 done
 mustnt list secrets --all-namespaces
 mustnt delete namespaces/"$NS_USER"
 mustnt delete namespaces
-mustnt create "$ET" -n "$NS_USER"
-mustnt delete "$ET" -n "$NS_USER"
-mustnt get eventconsumers.bridge.omninode.io -n "$NS_USER"
-mustnt get webhookingresses.bridge.omninode.io -n "$NS_USER"
-mustnt create deployments.apps -n "$NS_USER"
-mustnt list configmaps -n "$NS_USER"
-mustnt create services -n "$NS_USER"
-mustnt list pods -n "$NS_USER"
+mustnt create pods -n "$NS_USER"
+mustnt delete pods -n "$NS_USER"
+mustnt create daemonsets.apps -n "$NS_USER"
+mustnt create statefulsets.apps -n "$NS_USER"
+mustnt create roles.rbac.authorization.k8s.io -n "$NS_USER"
+mustnt create rolebindings.rbac.authorization.k8s.io -n "$NS_USER"
+mustnt create serviceaccounts -n "$NS_USER"
 mustnt create events -n "$NS_USER"          # core/v1 events: the operator uses events.k8s.io
 mustnt get leases.coordination.k8s.io/bridge-operator -n "$NS_USER"
 mustnt get leases.coordination.k8s.io/kube-scheduler -n "$NS_OPERATOR"
 mustnt delete leases.coordination.k8s.io/bridge-operator -n "$NS_OPERATOR"
 mustnt list customresourcedefinitions.apiextensions.k8s.io
-mustnt get customresourcedefinitions.apiextensions.k8s.io/eventconsumers.bridge.omninode.io
-mustnt update customresourcedefinitions.apiextensions.k8s.io/eventtopics.bridge.omninode.io
+mustnt get customresourcedefinitions.apiextensions.k8s.io/httproutes.gateway.networking.k8s.io
 mustnt create clusterrolebindings.rbac.authorization.k8s.io
 mustnt impersonate serviceaccounts
 mustnt '*' '*'

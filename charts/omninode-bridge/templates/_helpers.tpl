@@ -94,7 +94,6 @@ argocd.argoproj.io/sync-wave: {{ .Values.argocd.syncWaves.operator | quote }}
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
-{{- if .workloads }}
 # The workloads of EventConsumer and WebhookIngress: owned, applied server-side, orphans
 # deleted.
 - apiGroups: ["apps"]
@@ -111,5 +110,12 @@ argocd.argoproj.io/sync-wave: {{ .Values.argocd.syncWaves.operator | quote }}
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
-{{- end }}
+# A WebhookIngress with `expose`: an Ingress, or a Gateway API HTTPRoute when those CRDs
+# are installed.
+- apiGroups: ["networking.k8s.io"]
+  resources: ["ingresses"]
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+- apiGroups: ["gateway.networking.k8s.io"]
+  resources: ["httproutes"]
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
 {{- end }}

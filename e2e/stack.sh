@@ -11,6 +11,9 @@
 #   e2e/stack.sh kafka-start N.. start them again and wait until they have registered
 #   e2e/stack.sh build         only build / fetch the components into the cache
 #
+# `up` also builds our Rust binaries (cargo, incremental) and starts pod-runner, the
+# kubelet of the kwok nodes for the operator's Pods: they run as real local processes.
+#
 # Builds are cached under ~/.cache/omninode-bridge/<component>-<version>/ (override with
 # OMNINODE_CACHE_DIR); run data, pids and logs live in one run directory, target/stack in
 # the repository (override with OMNINODE_RUN_DIR). Remove that directory for a fresh cluster.
@@ -51,6 +54,11 @@ KAFKA_NODES=(1 2 3)
 # this machine. Service cluster IPs are only allocated, never routed to.
 POD_CIDR=127.1.0.0/16
 SERVICE_CIDR=10.96.0.0/16
+# Pod IPs handed out by pod-runner to the operator's Pods, which run as real processes that
+# listen on them: a range of their own apart from kwok's, also on loopback. Each stack's
+# ports span less than 1000, so offsets come in thousands: the second octet is 2 plus the
+# offset in thousands (offset 0 -> 127.2.0.0/16, 1000 -> 127.3.0.0/16, 2000 -> 127.4.0.0/16).
+RUNNER_POD_CIDR=127.$((2 + P / 1000 % 250)).0.0/16
 NODE_COUNT=2
 
 WAIT_SECONDS=${OMNINODE_WAIT_SECONDS:-120}
@@ -145,17 +153,41 @@ build_kwok() {
   go_env
   rm -rf "$KWOK_DIR/bin.tmp" && mkdir -p "$KWOK_DIR/bin.tmp"
   GOBIN="$KWOK_DIR/bin.tmp" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@v$KWOK_VERSION"
-  local src
+  mv "$KWOK_DIR/bin.tmp" "$KWOK_DIR/bin"
+}
+
+# The label the operator puts on its workloads; pod-runner runs those Pods, so kwok's pod
+# Stages must leave them alone.
+RUNNER_POD_LABEL=app.kubernetes.io/managed-by
+RUNNER_POD_LABEL_VALUE=bridge-operator
+
+# kwok's Stage documents, written at every `up` into the run directory (not the build
+# cache, so a cached kwok gets changes to them). Only Stage documents: a
+# KwokConfiguration document here would replace kwok's defaults. The pod Stages get one
+# more selector term that excludes the Pods pod-runner runs (a missing label is "not in").
+write_kwok_stages() { # output file
+  local src f
   src=$(go mod download -json "sigs.k8s.io/kwok@v$KWOK_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
-  # Only Stage documents: a KwokConfiguration document here would replace kwok's defaults.
+  [ -d "$src/kustomize/stage" ] || die "kwok v$KWOK_VERSION's stages not found in the Go module cache"
   {
-    for f in node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
-      pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
+    for f in node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml; do
       printf -- '---\n'
       cat "$src/kustomize/stage/$f"
     done
-  } > "$KWOK_DIR/bin.tmp/stages.yaml"
-  mv "$KWOK_DIR/bin.tmp" "$KWOK_DIR/bin"
+    for f in pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
+      printf -- '---\n'
+      awk -v key="$RUNNER_POD_LABEL" -v value="$RUNNER_POD_LABEL_VALUE" '
+        { print }
+        /^    matchExpressions:$/ && !done {
+          printf "    - key: %s\n", "'\''.metadata.labels[\"" key "\"]'\''"
+          print "      operator: '\''NotIn'\''"
+          print "      values:"
+          printf "      - '\''%s'\''\n", value
+          done = 1
+        }' "$src/kustomize/stage/$f"
+    done
+  } > "$1"
+  [ "$(grep -c "$RUNNER_POD_LABEL" "$1")" -eq 3 ] || die "could not add the pod-runner exclusion to kwok's pod Stages"
 }
 
 build_helm() {
@@ -417,11 +449,56 @@ start_scheduler() {
     --cert-dir="$RUN/kube-scheduler" --leader-elect=false
 }
 
+# Writes the Stages; a running kwok whose Stages changed is restarted to pick them up.
 start_kwok() {
-  start kwok "$KWOK_DIR/bin/kwok" --kubeconfig="$RUN/kubeconfig" --config="$KWOK_DIR/bin/stages.yaml" \
+  mkdir -p "$RUN/kwok"
+  write_kwok_stages "$RUN/kwok/stages.yaml.new"
+  if ! cmp -s "$RUN/kwok/stages.yaml.new" "$RUN/kwok/stages.yaml"; then
+    mv "$RUN/kwok/stages.yaml.new" "$RUN/kwok/stages.yaml"
+    if is_running kwok; then
+      log "kwok's Stages changed; restarting kwok"
+      stop kwok
+    fi
+  else
+    rm -f "$RUN/kwok/stages.yaml.new"
+  fi
+  start kwok "$KWOK_DIR/bin/kwok" --kubeconfig="$RUN/kubeconfig" --config="$RUN/kwok/stages.yaml" \
     --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
     --cidr="$POD_CIDR" --node-ip=127.0.0.1 --node-port="$KWOK_PORT" \
     --server-address="127.0.0.1:$KWOK_PORT" --node-lease-duration-seconds=40
+}
+
+# --- pod-runner: the kwok nodes' kubelet for the operator's Pods -------------------------
+
+# cargo's target directory (CARGO_TARGET_DIR or the config may move it out of the repo).
+cargo_target_dir() {
+  (cd "$REPO" && cargo metadata --format-version 1 --no-deps) |
+    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p'
+}
+
+# The binaries Pods may run, and pod-runner itself; incremental, so quick when fresh.
+build_rust() {
+  require cargo "cargo (rustup.rs)"
+  log "building pod-runner, hook-receiver, event-consumer and the test workloads (log: $RUN/logs/cargo.log)"
+  if ! (cd "$REPO" && cargo build --locked -p bridge-e2e -p hook-receiver -p event-consumer --bins) \
+    > "$RUN/logs/cargo.log" 2>&1; then
+    printf 'stack: cargo build failed; last lines of %s:\n' "$RUN/logs/cargo.log" >&2
+    tail -n 30 "$RUN/logs/cargo.log" >&2
+    exit 1
+  fi
+}
+
+start_pod_runner() {
+  local target
+  target=$(cargo_target_dir)
+  [ -n "$target" ] || die "could not find cargo's target directory (cargo metadata)"
+  start pod-runner env KUBECONFIG="$RUN/kubeconfig" "$target/debug/pod-runner" \
+    --bin-dir="$target/debug" --run-dir="$RUN" --pod-cidr="$RUNNER_POD_CIDR" \
+    --node-selector=type=kwok --pod-selector="$RUNNER_POD_LABEL=$RUNNER_POD_LABEL_VALUE"
+}
+
+pod_runner_ready() { # it has listed Pods and Nodes and reported so since its start
+  is_running pod-runner && grep -q "pod-runner ready" "$RUN/logs/pod-runner.log"
 }
 
 kubectl_() { "$K8S_DIR/bin/kubectl" --kubeconfig="$RUN/kubeconfig" --request-timeout=10s "$@"; }
@@ -552,6 +629,7 @@ cmd_up() {
   local t0=$SECONDS
   build_all
   mkdir -p "$RUN/logs" "$RUN/pids"
+  build_rust
   raise_limits
 
   # Kafka's JVMs start slowest, so they go first and come up while the control plane does.
@@ -571,6 +649,11 @@ cmd_up() {
   wait_until kube-scheduler curl -skf --max-time 2 "https://127.0.0.1:$SCHEDULER_PORT/healthz"
   create_nodes
   wait_until kwok nodes_ready
+  if ! is_running pod-runner; then
+    : > "$RUN/logs/pod-runner.log"
+    start_pod_runner
+  fi
+  wait_until pod-runner pod_runner_ready
   # The default ServiceAccount is what lets Pods be admitted in a namespace.
   wait_until kube-controller-manager kubectl_ get serviceaccount default -n default
 
@@ -586,6 +669,7 @@ cmd_env() {
   else
     printf 'export KUBECONFIG=%q\nexport KAFKA_BOOTSTRAP_SERVERS=%q\nexport OMNINODE_STACK=local\n' \
       "$RUN/kubeconfig" "$(kafka_bootstrap)"
+    printf 'export OMNINODE_POD_CIDR=%q\n' "$RUNNER_POD_CIDR"
   fi
   # $PATH stays literal: it expands where the caller evals these lines.
   # shellcheck disable=SC2016
@@ -599,11 +683,12 @@ component_up() {
     kube-controller-manager) curl -skf --max-time 2 "https://127.0.0.1:$KCM_PORT/healthz" ;;
     kube-scheduler) curl -skf --max-time 2 "https://127.0.0.1:$SCHEDULER_PORT/healthz" ;;
     kwok) is_running kwok && nodes_ready ;;
+    pod-runner) is_running pod-runner ;;
     kafka-*) is_running "$1" && kafka_broker_in_metadata "${1#kafka-}" ;;
   esac
 }
 
-COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok kafka-1 kafka-2 kafka-3)
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok pod-runner kafka-1 kafka-2 kafka-3)
 
 cmd_status() {
   local c all=0
@@ -620,6 +705,7 @@ cmd_status() {
 
 cmd_down() {
   stop kafka-1 kafka-2 kafka-3
+  stop pod-runner
   stop kwok
   stop kube-scheduler kube-controller-manager
   stop kube-apiserver

@@ -477,10 +477,11 @@ mod tests {
             max_replicas: 8,
             lag_threshold: 100,
         };
+        // (lag, partitions, current, since last scale, expected replicas, why)
+        type Row = (i64, i32, Option<i32>, Option<Duration>, i32, &'static str);
         let cooled = Some(SCALE_DOWN_COOLDOWN);
         let recent = Some(Duration::from_secs(30));
-        // (lag, partitions, current, since last scale) -> replicas
-        let table: &[(i64, i32, Option<i32>, Option<Duration>, i32, &str)] = &[
+        let table: &[Row] = &[
             (
                 0,
                 12,

@@ -118,7 +118,11 @@ where
 
 /// Deletes the objects of kind `K` in `api` that `owner` controls and that are not in
 /// `keep` (by name): what the spec asked for once and no longer does.
-pub async fn prune<K, O>(api: &Api<K>, owner: &O, keep: &[String]) -> Result<Vec<String>, kube::Error>
+pub async fn prune<K, O>(
+    api: &Api<K>,
+    owner: &O,
+    keep: &[String],
+) -> Result<Vec<String>, kube::Error>
 where
     K: Resource + Clone + Debug + DeserializeOwned,
     O: Resource<DynamicType = ()>,
@@ -337,6 +341,43 @@ pub fn namespace_of<K: Resource>(object: &K) -> String {
     object.namespace().unwrap_or_default()
 }
 
+/// `base` scaled by a random factor in [0.9, 1.1), so many objects do not requeue in
+/// lockstep.
+pub fn jittered(base: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let factor = 0.9 + (random % 1000) as f64 / 5000.0;
+    base.mul_f64(factor)
+}
+
+/// Consecutive failures per object and the wait they earn: 1 s doubling to 60 s, jittered.
+/// What the workload controllers retry with, from `error_policy` and while Kafka fails.
+#[derive(Debug, Default)]
+pub struct Backoff {
+    failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+}
+
+impl Backoff {
+    /// Counts one more failure of `key` and returns how long to wait before the next try.
+    pub fn failed(&self, key: &str) -> Duration {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let attempt = failures.entry(key.to_owned()).or_default();
+        *attempt = attempt.saturating_add(1);
+        let delay = Duration::from_secs(1 << (*attempt - 1).min(6)).min(Duration::from_secs(60));
+        jittered(delay)
+    }
+
+    /// Forgets the failures of `key`: its next failure waits 1 s again.
+    pub fn succeeded(&self, key: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -386,8 +427,16 @@ mod tests {
             resolve_topic(Some(&topic(Some(("False", "KafkaUnavailable")))), "orders").unwrap_err();
         let decided = problem.decided("team-a");
         assert_eq!(decided.reason, "TopicNotReady");
-        assert!(decided.message.contains("team-a/orders"), "{}", decided.message);
-        assert!(decided.message.contains("KafkaUnavailable"), "{}", decided.message);
+        assert!(
+            decided.message.contains("team-a/orders"),
+            "{}",
+            decided.message
+        );
+        assert!(
+            decided.message.contains("KafkaUnavailable"),
+            "{}",
+            decided.message
+        );
         assert!(matches!(
             resolve_topic(Some(&topic(None)), "orders"),
             Err(TopicProblem::NotReady { .. })
@@ -423,8 +472,26 @@ mod tests {
         assert_eq!(reason(&deployment(2, 1, 2, true)), "Progressing");
         assert_eq!(reason(&deployment(2, 2, 1, true)), "ReplicasNotReady");
         assert_eq!(reason(&deployment(0, 0, 0, true)), "ScaledToZero");
-        assert_eq!(deployment_progress(None, "receiver").1.reason, "Progressing");
-        assert_eq!(deployment_progress(Some(&deployment(3, 3, 3, true)), "r").0, 3);
+        assert_eq!(
+            deployment_progress(None, "receiver").1.reason,
+            "Progressing"
+        );
+        assert_eq!(
+            deployment_progress(Some(&deployment(3, 3, 3, true)), "r").0,
+            3
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_per_failure_up_to_a_minute_and_resets_on_success() {
+        let backoff = Backoff::default();
+        let waits: Vec<Duration> = (0..9).map(|_| backoff.failed("ns/a")).collect();
+        assert!(waits[0] < Duration::from_millis(1100), "{waits:?}");
+        assert!(waits[1] >= Duration::from_millis(1800), "{waits:?}");
+        assert!(waits[8] >= Duration::from_secs(54) && waits[8] < Duration::from_secs(67));
+        assert!(backoff.failed("ns/b") < Duration::from_millis(1100));
+        backoff.succeeded("ns/a");
+        assert!(backoff.failed("ns/a") < Duration::from_millis(1100));
     }
 
     #[test]

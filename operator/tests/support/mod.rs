@@ -32,6 +32,7 @@ impl Operator {
     /// first), and waits until it leads.
     pub async fn start(namespaces: &[&str]) -> Self {
         let stack = Stack::from_env().unwrap();
+        install_crds(&stack.kube_client().await).await;
         let admin = free_address();
         let log_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("operator-logs");
         std::fs::create_dir_all(&log_dir).unwrap();
@@ -94,6 +95,29 @@ impl Operator {
 impl Drop for Operator {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Applies `crds/` (server-side, as users do) once per test binary and waits until the
+/// three CRDs are Established, so the operator's start-up check passes and the API server
+/// keeps every status field this build writes.
+async fn install_crds(client: &kube::Client) {
+    static APPLIED: std::sync::Once = std::sync::Once::new();
+    APPLIED.call_once(|| {
+        let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds");
+        let output = Command::new("kubectl")
+            .args(["apply", "--server-side", "--force-conflicts", "-f", crds])
+            .output()
+            .expect("kubectl runs");
+        assert!(
+            output.status.success(),
+            "kubectl apply -f crds/: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    });
+    for crd in bridge_api::crds() {
+        let name = crd.crd.metadata.name.unwrap();
+        bridge_e2e::crd_established(client, &name).await;
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod conditions;
 pub mod consumer_plan;
+pub mod ingress_controller;
 pub mod ingress_plan;
 pub mod kafka_admin;
 pub mod metrics;

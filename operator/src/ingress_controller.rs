@@ -1,0 +1,517 @@
+//! The WebhookIngress controller: each WebhookIngress becomes a ConfigMap, Deployment,
+//! Service and PodDisruptionBudget of `hook-receiver` (and an Ingress or HTTPRoute when
+//! exposed), built by `ingress_plan` and kept there by server-side apply.
+//!
+//! Pipeline per pass: pause → resolve the EventTopics → read the referenced Secrets → plan
+//! → apply (ConfigMap first, so a new template never mounts an old config) → prune → status.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bridge_api::{EventTopic, WebhookIngress, WebhookIngressStatus, condition_type, is_paused};
+use futures::StreamExt;
+use futures::future::join_all;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DynamicObject, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::conditions::{self, Decided};
+use crate::ingress_plan::{self, COMPONENT, IngressPlan, SecretProblem};
+use crate::workload::{
+    self, Backoff, CONFIG_CHECKSUM_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL, NAME_LABEL,
+    WorkloadContext,
+};
+
+const KIND: &str = "WebhookIngress";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API call failed: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("applying {kind} {name} failed: {source}")]
+    Apply {
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl Error {
+    /// A stable word for metrics labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Kube(_) => "KubernetesApi",
+            Self::Apply { .. } => "ApplyFailed",
+        }
+    }
+}
+
+pub struct Context {
+    pub workload: Arc<WorkloadContext>,
+    backoff: Backoff,
+}
+
+impl Context {
+    pub fn new(workload: Arc<WorkloadContext>) -> Self {
+        Self {
+            workload,
+            backoff: Backoff::default(),
+        }
+    }
+
+    fn client(&self) -> Client {
+        self.workload.client.clone()
+    }
+
+    /// Every object is looked at again after a resync: Secrets are not watched (the
+    /// operator may only `get` them), so this is how a changed Secret value is seen.
+    fn resync_action(&self) -> Action {
+        Action::requeue(workload::jittered(self.workload.resync))
+    }
+}
+
+fn object_key(wi: &WebhookIngress) -> String {
+    format!("{}/{}", workload::namespace_of(wi), wi.name_any())
+}
+
+/// Runs the controller over `namespaces` (all when empty) until `stop` turns true.
+pub async fn run(ctx: Arc<WorkloadContext>, namespaces: Vec<String>, stop: watch::Receiver<bool>) {
+    let context = Arc::new(Context::new(ctx.clone()));
+    let scopes: Vec<Option<String>> = if namespaces.is_empty() {
+        vec![None]
+    } else {
+        namespaces.into_iter().map(Some).collect()
+    };
+    // Only this controller's children: the receiver's objects carry these two labels.
+    let owned = watcher::Config::default().labels(&format!(
+        "{NAME_LABEL}={COMPONENT},{MANAGED_BY_LABEL}={MANAGED_BY}"
+    ));
+    let runs = scopes.into_iter().map(|namespace| {
+        let client = ctx.client.clone();
+        let controller = Controller::new(
+            scoped::<WebhookIngress>(&client, namespace.as_deref()),
+            watcher::Config::default().any_semantic(),
+        );
+        let store = controller.store();
+        controller
+            .owns(
+                scoped::<ConfigMap>(&client, namespace.as_deref()),
+                owned.clone(),
+            )
+            .owns(
+                scoped::<Deployment>(&client, namespace.as_deref()),
+                owned.clone(),
+            )
+            .owns(
+                scoped::<Service>(&client, namespace.as_deref()),
+                owned.clone(),
+            )
+            .owns(
+                scoped::<PodDisruptionBudget>(&client, namespace.as_deref()),
+                owned.clone(),
+            )
+            .owns(
+                scoped::<Ingress>(&client, namespace.as_deref()),
+                owned.clone(),
+            )
+            .watches(
+                scoped::<EventTopic>(&client, namespace.as_deref()),
+                watcher::Config::default().any_semantic(),
+                move |topic| referencing(&store, &topic),
+            )
+            .graceful_shutdown_on(workload::until_stopped(stop.clone()))
+            .run(reconcile, error_policy, context.clone())
+            .for_each(|result| async move {
+                match result {
+                    Ok((object, _)) => tracing::debug!(object = %object.name, "reconciled"),
+                    Err(error) => tracing::debug!(%error, "reconcile error"),
+                }
+            })
+    });
+    join_all(runs).await;
+}
+
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// The WebhookIngresses with a route to `topic`: they wait on it, or publish to it.
+fn referencing(
+    store: &Store<WebhookIngress>,
+    topic: &EventTopic,
+) -> Vec<ObjectRef<WebhookIngress>> {
+    let namespace = topic.namespace();
+    let name = topic.name_any();
+    store
+        .state()
+        .iter()
+        .filter(|wi| wi.namespace() == namespace && wi.spec.routes.iter().any(|r| r.topic == name))
+        .map(|wi| ObjectRef::from_obj(wi.as_ref()))
+        .collect()
+}
+
+pub fn error_policy(wi: Arc<WebhookIngress>, error: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(object = %object_key(&wi), %error, "reconcile failed");
+    ctx.workload.metrics.failure(KIND, error.reason());
+    Action::requeue(ctx.backoff.failed(&object_key(&wi)))
+}
+
+/// What one pass decided about the object's status.
+struct Report {
+    status: WebhookIngressStatus,
+    now: Time,
+    generation: Option<i64>,
+}
+
+impl Report {
+    fn new(wi: &WebhookIngress) -> Self {
+        Self {
+            status: wi.status.clone().unwrap_or_default(),
+            now: Time(Timestamp::now()),
+            generation: wi.metadata.generation,
+        }
+    }
+
+    fn set(&mut self, decided: Decided) {
+        conditions::upsert(
+            &mut self.status.conditions,
+            decided,
+            self.generation,
+            &self.now,
+        );
+    }
+
+    fn clear(&mut self, type_: &str) {
+        conditions::remove(&mut self.status.conditions, type_);
+    }
+
+    fn ready_reason(&self) -> Option<&str> {
+        bridge_api::find_condition(&self.status.conditions, condition_type::READY)
+            .map(|c| c.reason.as_str())
+    }
+
+    /// Writes the status (a merge patch on /status) only when it differs from the object's.
+    async fn write(
+        mut self,
+        wi: &WebhookIngress,
+        api: &Api<WebhookIngress>,
+        ctx: &Context,
+    ) -> Result<(), Error> {
+        self.status.observed_generation = self.generation;
+        if wi.status.as_ref() == Some(&self.status) {
+            return Ok(());
+        }
+        let mut status = serde_json::to_value(&self.status).unwrap_or_default();
+        // A merge patch keeps what it does not mention: absent fields are cleared explicitly.
+        for field in [
+            "observedGeneration",
+            "conditions",
+            "readyReplicas",
+            "routes",
+        ] {
+            if let Some(fields) = status.as_object_mut() {
+                fields.entry(field).or_insert(serde_json::Value::Null);
+            }
+        }
+        api.patch_status(
+            &wi.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": status})),
+        )
+        .await?;
+        ctx.workload
+            .metrics
+            .status_patches
+            .get_or_create(&crate::metrics::KindLabel { kind: KIND })
+            .inc();
+        Ok(())
+    }
+}
+
+pub async fn reconcile(wi: Arc<WebhookIngress>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.workload.metrics.reconcile_timer(KIND);
+    let namespace = workload::namespace_of(wi.as_ref());
+    let api: Api<WebhookIngress> = Api::namespaced(ctx.client(), &namespace);
+    let mut report = Report::new(&wi);
+
+    if is_paused(&wi.metadata) {
+        report.set(Decided::new(
+            condition_type::PAUSED,
+            true,
+            "Paused",
+            format!(
+                "reconciling is paused by the annotation {}: \"true\"; the receiver's objects are left as they are until it is removed",
+                bridge_api::PAUSED_ANNOTATION
+            ),
+        ));
+        report.write(&wi, &api, &ctx).await?;
+        return Ok(Action::await_change());
+    }
+    report.clear(condition_type::PAUSED);
+
+    // A problem with a reference leaves the running receiver alone: it keeps serving
+    // the routes it has, and the condition says what to fix.
+    let names: Vec<&str> = wi.spec.routes.iter().map(|r| r.topic.as_str()).collect();
+    let topics = match workload::resolve_topics(&ctx.client(), &namespace, &names).await? {
+        Ok(topics) => topics,
+        Err(problem) => {
+            report.set(problem.decided(&namespace));
+            report.write(&wi, &api, &ctx).await?;
+            ctx.backoff.succeeded(&object_key(&wi));
+            return Ok(ctx.resync_action());
+        }
+    };
+
+    let secrets = match read_secrets(&wi, &ctx.client(), &namespace).await? {
+        Ok(secrets) => secrets,
+        Err(problem) => {
+            let message = problem.message(&namespace);
+            if report.ready_reason() != Some(problem.reason()) {
+                event(&ctx, &wi, EventType::Warning, problem.reason(), &message).await;
+            }
+            report.set(Decided::new(
+                condition_type::READY,
+                false,
+                problem.reason(),
+                message,
+            ));
+            report.write(&wi, &api, &ctx).await?;
+            ctx.backoff.succeeded(&object_key(&wi));
+            return Ok(ctx.resync_action());
+        }
+    };
+
+    let wants_http_route = wi
+        .spec
+        .expose
+        .as_ref()
+        .is_some_and(|e| e.http_route.is_some());
+    let gateway_api = gateway_api_installed(&ctx.client()).await?;
+    let plan = match ingress_plan::plan(&wi, &topics, &secrets, &ctx.workload.settings, gateway_api)
+    {
+        Ok(plan) => plan,
+        Err(invalid) => {
+            report.set(Decided::new(
+                condition_type::READY,
+                false,
+                "InvalidSpec",
+                invalid.to_string(),
+            ));
+            report.write(&wi, &api, &ctx).await?;
+            return Ok(Action::await_change());
+        }
+    };
+
+    let deployment = apply_plan(&wi, &plan, &ctx, &namespace, gateway_api).await?;
+
+    if wants_http_route && !gateway_api {
+        report.set(Decided::new(
+            condition_type::DEGRADED,
+            true,
+            "GatewayAPINotInstalled",
+            format!(
+                "spec.expose.httpRoute needs the Gateway API CRDs ({}), which this cluster does not have: install them, or use expose.ingress; the routes are reachable through the Service meanwhile",
+                ingress_plan::HTTP_ROUTE_CRD
+            ),
+        ));
+    } else {
+        report.clear(condition_type::DEGRADED);
+    }
+    let (ready_replicas, ready) = workload::deployment_progress(Some(&deployment), "receiver");
+    report.set(ready);
+    report.status.ready_replicas = Some(ready_replicas);
+    report.status.routes = plan.routes.clone();
+    report.write(&wi, &api, &ctx).await?;
+    ctx.backoff.succeeded(&object_key(&wi));
+    Ok(ctx.resync_action())
+}
+
+/// The referenced Secrets' keys, each route's in route order; `get` only, never a watch.
+async fn read_secrets(
+    wi: &WebhookIngress,
+    client: &Client,
+    namespace: &str,
+) -> Result<Result<Vec<Option<ingress_plan::SecretKey>>, SecretProblem>, Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let mut found = BTreeMap::new();
+    for name in ingress_plan::referenced_secrets(wi) {
+        if let Some(secret) = api.get_opt(&name).await? {
+            let data: BTreeMap<String, Vec<u8>> = secret
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(key, value)| (key, value.0))
+                .collect();
+            found.insert(name, data);
+        }
+    }
+    Ok(ingress_plan::resolve_secrets(wi, &found))
+}
+
+/// Whether the HTTPRoute CRD is installed (and so whether an HTTPRoute can be written or
+/// has to be pruned).
+async fn gateway_api_installed(client: &Client) -> Result<bool, Error> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    Ok(crds.get_opt(ingress_plan::HTTP_ROUTE_CRD).await?.is_some())
+}
+
+async fn apply_one<K>(api: &Api<K>, object: &K, kind: &'static str) -> Result<K, Error>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::Serialize + serde::de::DeserializeOwned,
+{
+    workload::apply(api, object)
+        .await
+        .map_err(|source| Error::Apply {
+            kind,
+            name: object.meta().name.clone().unwrap_or_default(),
+            source,
+        })
+}
+
+/// Applies every object of the plan, prunes what the spec no longer asks for, and returns
+/// the Deployment as the API server has it.
+async fn apply_plan(
+    wi: &WebhookIngress,
+    plan: &IngressPlan,
+    ctx: &Context,
+    namespace: &str,
+    gateway_api: bool,
+) -> Result<Deployment, Error> {
+    let client = ctx.client();
+    let name = ingress_plan::workload_name(&wi.name_any());
+    let keep = vec![name.clone()];
+
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    apply_one(&config_maps, &plan.config_map, "ConfigMap").await?;
+
+    if let Some(claim) = &plan.spool_claim {
+        // A claim's spec is immutable once bound, and it may hold spooled events: it is
+        // created once, then left as it is (and never pruned).
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+        if claims
+            .get_opt(&ingress_plan::spool_claim_name(&wi.name_any()))
+            .await?
+            .is_none()
+        {
+            apply_one(&claims, claim, "PersistentVolumeClaim").await?;
+        }
+    }
+
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let before = deployments.get_opt(&name).await?;
+    let deployment = apply_one(&deployments, &plan.deployment, "Deployment").await?;
+    match before {
+        None => {
+            let note = format!("created Deployment {name} of {} replicas", wi.spec.replicas);
+            event(ctx, wi, EventType::Normal, "DeploymentCreated", &note).await;
+        }
+        Some(before) if checksum_of(&before) != Some(plan.checksum.as_str()) => {
+            let note = format!(
+                "the receiver's config or a Secret it reads changed: rolling the pods of Deployment {name}"
+            );
+            event(ctx, wi, EventType::Normal, "ConfigChanged", &note).await;
+        }
+        Some(_) => {}
+    }
+
+    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+    apply_one(&services, &plan.service, "Service").await?;
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), namespace);
+    apply_one(&pdbs, &plan.pdb, "PodDisruptionBudget").await?;
+
+    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), namespace);
+    match &plan.ingress {
+        Some(ingress) => {
+            apply_one(&ingresses, ingress, "Ingress").await?;
+        }
+        None => prune(&ingresses, wi, &[], ctx, "Ingress").await?,
+    }
+    if gateway_api {
+        let routes: Api<DynamicObject> = Api::namespaced_with(
+            client.clone(),
+            namespace,
+            &ingress_plan::http_route_resource(),
+        );
+        match &plan.http_route {
+            Some(route) => {
+                apply_one(&routes, route, "HTTPRoute").await?;
+            }
+            None => prune(&routes, wi, &[], ctx, "HTTPRoute").await?,
+        }
+    }
+    // Objects of an earlier naming, or made by hand with this owner, go too.
+    prune(&config_maps, wi, &keep, ctx, "ConfigMap").await?;
+    prune(&deployments, wi, &keep, ctx, "Deployment").await?;
+    prune(&services, wi, &keep, ctx, "Service").await?;
+    prune(&pdbs, wi, &keep, ctx, "PodDisruptionBudget").await?;
+    Ok(deployment)
+}
+
+async fn prune<K>(
+    api: &Api<K>,
+    wi: &WebhookIngress,
+    keep: &[String],
+    ctx: &Context,
+    kind: &'static str,
+) -> Result<(), Error>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    for name in workload::prune(api, wi, keep).await? {
+        let note = format!("deleted {kind} {name}: the spec no longer asks for it");
+        event(ctx, wi, EventType::Normal, "Pruned", &note).await;
+    }
+    Ok(())
+}
+
+fn checksum_of(deployment: &Deployment) -> Option<&str> {
+    deployment
+        .spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(CONFIG_CHECKSUM_ANNOTATION)
+        .map(String::as_str)
+}
+
+/// A Kubernetes Event on the WebhookIngress; failing to publish one only logs.
+async fn event(ctx: &Context, wi: &WebhookIngress, type_: EventType, reason: &str, note: &str) {
+    tracing::info!(object = %object_key(wi), reason, "{note}");
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.into()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(error) = ctx
+        .workload
+        .recorder
+        .publish(&event, &wi.object_ref(&()))
+        .await
+    {
+        tracing::warn!(%error, "publishing a Kubernetes Event failed");
+    }
+}

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bridge_api::{EventTopic, WebhookIngress};
 use bridge_e2e::{Stack, TestNamespace, eventually, unique_name};
+use futures::StreamExt;
 use hook_receiver::config::ReceiverConfig;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
@@ -17,6 +18,9 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Headers;
 use serde_json::json;
 use support::{BOUND, Operator, RESYNC, create, event_topic, wait_ready};
 
@@ -585,4 +589,86 @@ async fn with_nothing_changed_a_reconcile_writes_nothing() {
             .then_some(())
     })
     .await;
+}
+
+/// Needs the stack's pod-runner (it runs the receiver pods as processes) and a built
+/// `hook-receiver` in cargo's target dir (`cargo build -p hook-receiver`).
+#[tokio::test]
+async fn the_receivers_become_ready_and_a_signed_webhook_lands_on_the_kafka_topic() {
+    let f = Fixture::start("wi-flow").await;
+    let kafka_topic = f.ready_topic("tools").await;
+    f.create_secret("github-webhook", "s3cret").await;
+    f.create_ingress(
+        "github",
+        github_spec("github-webhook", &[("github", "tools")]),
+    )
+    .await;
+
+    eventually("2 ready replicas and Ready=True", BOUND, || async {
+        let wi = f.ingresses.get("github").await.ok()?;
+        let status = wi.status?;
+        let ready = bridge_api::find_condition(&status.conditions, "Ready")?;
+        (ready.status == "True" && status.ready_replicas == Some(2)).then_some(())
+    })
+    .await;
+    let endpoints = eventually("two ready receiver endpoints", BOUND, || async {
+        let endpoints =
+            support::ready_endpoints(&f.client, &f.ns.name, "github-receiver", "http").await;
+        (endpoints.len() == 2).then_some(endpoints)
+    })
+    .await;
+
+    let delivery = unique_name("delivery");
+    let body = serde_json::to_vec(&json!({"action": "opened", "number": 7})).unwrap();
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/github", endpoints[0]))
+        .header("content-type", "application/json")
+        .header("x-github-event", "pull_request")
+        .header("x-github-delivery", &delivery)
+        .header(
+            "x-hub-signature-256",
+            support::github_signature("s3cret", &body),
+        )
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "HTTP {}", response.status());
+
+    let consumer: StreamConsumer = Stack::from_env()
+        .unwrap()
+        .kafka_config()
+        .set("group.id", unique_name("wi-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[kafka_topic.as_str()]).unwrap();
+    let mut stream = consumer.stream();
+    let message = tokio::time::timeout(BOUND, stream.next())
+        .await
+        .expect("an event on the topic")
+        .unwrap()
+        .unwrap();
+    let headers = message.headers().unwrap();
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|h| h.key == name)
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    };
+    assert_eq!(header("ce_id"), Some(delivery.clone()));
+    assert_eq!(
+        header("ce_type").as_deref(),
+        Some("com.github.pull_request")
+    );
+    assert_eq!(
+        header("ce_source"),
+        Some(format!(
+            "/namespaces/{}/webhookingresses/github/github",
+            f.ns.name
+        ))
+    );
+    assert_eq!(message.key(), Some(delivery.as_bytes()));
+    assert_eq!(message.payload(), Some(body.as_slice()));
 }

@@ -262,3 +262,57 @@ impl Broker {
         result.into_iter().next().unwrap().expect("topic deleted");
     }
 }
+
+/// GitHub's `X-Hub-Signature-256` of `body` under `secret`.
+pub fn github_signature(secret: &str, body: &[u8]) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    let tag = ring::hmac::sign(&key, body);
+    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256={hex}")
+}
+
+/// The ready `address:port` endpoints of a Service's port `port_name`, read from its
+/// EndpointSlices as an in-cluster client (kube-proxy) would use them.
+pub async fn ready_endpoints(
+    client: &kube::Client,
+    namespace: &str,
+    service: &str,
+    port_name: &str,
+) -> Vec<String> {
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), namespace);
+    let Ok(list) = slices
+        .list(
+            &kube::api::ListParams::default()
+                .labels(&format!("kubernetes.io/service-name={service}")),
+        )
+        .await
+    else {
+        return Vec::new();
+    };
+    let mut endpoints = std::collections::BTreeSet::new();
+    for slice in list {
+        let Some(port) = slice
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some(port_name))
+            .and_then(|p| p.port)
+        else {
+            continue;
+        };
+        for endpoint in slice.endpoints.into_iter().flatten() {
+            let ready = endpoint
+                .conditions
+                .as_ref()
+                .and_then(|c| c.ready)
+                .unwrap_or(false);
+            if ready {
+                for address in endpoint.addresses {
+                    endpoints.insert(format!("{address}:{port}"));
+                }
+            }
+        }
+    }
+    endpoints.into_iter().collect()
+}

@@ -19,8 +19,9 @@ struct Args {
     /// Run directory: pod directories go to <run-dir>/pods/<namespace>_<name>.
     #[arg(long, env = "POD_RUNNER_RUN_DIR")]
     run_dir: PathBuf,
-    /// Pod IPs come from this range; it must lie in 127.0.0.0/8 and apart from kwok's.
-    #[arg(long, default_value = "127.2.0.0/16")]
+    /// Pod IPs come from this range: local to this machine (`ip route add local <range> dev
+    /// lo`), apart from kwok's, and not a private network range.
+    #[arg(long, default_value = "198.18.0.0/20")]
     pod_cidr: String,
     /// Label selector of the nodes this runner is the kubelet of.
     #[arg(long, default_value = "type=kwok")]

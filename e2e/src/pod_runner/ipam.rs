@@ -1,4 +1,11 @@
-//! Pod IPs from the runner's own loopback range (`--pod-cidr`, e.g. `127.2.0.0/16`).
+//! Pod IPs from the runner's own range (`--pod-cidr`, e.g. `198.18.0.0/20`).
+//!
+//! The range must be local to this machine, so that a process can bind its Pod IP and a
+//! client on the machine reaches it: Linux treats all of 127.0.0.0/8 so, and any range
+//! after `ip route add local <range> dev lo`. EndpointSlices refuse loopback addresses
+//! (kube-apiserver's ValidateEndpointIP), so a loopback range runs processes that no
+//! Service lists; stack.sh therefore sets up a local route for part of 198.18.0.0/15
+//! (RFC 2544 benchmarking: neither routed on the internet nor a private LAN range).
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -7,8 +14,10 @@ use std::net::Ipv4Addr;
 pub enum CidrError {
     #[error("{0:?} is not an IPv4 CIDR such as 127.2.0.0/16")]
     Syntax(String),
-    #[error("{0} is outside 127.0.0.0/8: pod IPs must stay on loopback")]
-    NotLoopback(String),
+    #[error(
+        "{0} overlaps a private network range (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16): pod traffic must stay on this machine"
+    )]
+    Private(String),
 }
 
 /// Hands out addresses round-robin (a replacement pod does not reuse the address of the
@@ -30,17 +39,33 @@ impl Ipam {
         if !(8..=30).contains(&prefix) {
             return Err(syntax());
         }
-        if addr.octets()[0] != 127 {
-            return Err(CidrError::NotLoopback(cidr.to_owned()));
-        }
         let size = 1u32 << (32 - prefix);
         let base = u32::from(addr) & !(size - 1);
+        let private = [("10.0.0.0", 8), ("172.16.0.0", 12), ("192.168.0.0", 16)];
+        let overlaps = private.iter().any(|(net, bits)| {
+            let net = u32::from(net.parse::<Ipv4Addr>().expect("literal"));
+            let bits = (*bits).min(prefix);
+            let mask = u32::MAX << (32 - bits);
+            base & mask == net & mask
+        });
+        if overlaps {
+            return Err(CidrError::Private(cidr.to_owned()));
+        }
         Ok(Self {
             base,
             size,
             next: 1,
             owners: HashMap::new(),
         })
+    }
+
+    /// The first address handed out: `local_check` binds it to see the range is local.
+    pub fn first(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.base + 1)
+    }
+
+    pub fn is_loopback(&self) -> bool {
+        self.first().is_loopback()
     }
 
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
@@ -105,11 +130,20 @@ mod tests {
     }
 
     #[test]
-    fn refuses_ranges_off_loopback() {
-        assert!(matches!(
-            Ipam::new("10.0.0.0/16"),
-            Err(CidrError::NotLoopback(_))
-        ));
+    fn refuses_private_network_ranges() {
+        for cidr in [
+            "10.0.0.0/16",
+            "172.20.0.0/16",
+            "192.168.1.0/24",
+            "172.0.0.0/8",
+        ] {
+            assert!(
+                matches!(Ipam::new(cidr), Err(CidrError::Private(_))),
+                "{cidr}"
+            );
+        }
+        assert!(Ipam::new("198.18.0.0/20").is_ok());
+        assert!(Ipam::new("127.2.0.0/16").is_ok());
         assert!(Ipam::new("127.2.0.0").is_err());
     }
 }

@@ -7,7 +7,8 @@
 //!
 //! - runs `container.command[0]`'s basename from `--bin-dir` (cargo's `target/debug`) as a
 //!   local process, in `<run-dir>/pods/<namespace>_<name>/`, logging to `<container>.log`;
-//! - gives the Pod an IP from `--pod-cidr` (loopback, e.g. `127.2.0.0/16`) and writes the
+//! - gives the Pod an IP from `--pod-cidr` (a range local to this machine, e.g.
+//!   `198.18.0.0/20` with `ip route add local 198.18.0.0/20 dev lo`) and writes the
 //!   Pod's status as the kubelet would (phase, IPs, conditions, container states), with
 //!   readiness from really probing the process, so EndpointSlices list only ready
 //!   processes and a client follows them exactly as inside a cluster;
@@ -21,8 +22,10 @@
 //! the Pod's directory, and every container `mountPath` (longest first, subPath resolved)
 //! that starts a path in the args, the env values and the text of ConfigMap files is
 //! replaced by the local directory. For the network namespace, a wildcard bind
-//! `0.0.0.0:PORT` or `[::]:PORT` in the same places becomes `<podIP>:PORT`: Linux routes
-//! all of 127.0.0.0/8 to `lo`, so each process binds its own Pod IP without any setup.
+//! `0.0.0.0:PORT` or `[::]:PORT` in the same places becomes `<podIP>:PORT`. A `local`
+//! route on `lo` for the Pod range (as Linux has for 127.0.0.0/8) lets each process bind
+//! its own Pod IP and every client on the machine reach it. Loopback itself will not do
+//! for Pods behind a Service: the API server refuses loopback addresses in EndpointSlices.
 //!
 //! Not done: image entrypoints (a container must name its command), exec probes, startup
 //! probes, init containers, resource limits, service account tokens, refreshing mounted
@@ -69,6 +72,14 @@ pub struct Config {
 pub enum Error {
     #[error(transparent)]
     Cidr(#[from] ipam::CidrError),
+    #[error(
+        "pod IPs in {cidr} are not local to this machine (binding {ip}: {source}); make the range local: ip route add local {cidr} dev lo"
+    )]
+    NotLocal {
+        cidr: String,
+        ip: std::net::Ipv4Addr,
+        source: std::io::Error,
+    },
     #[error("the pod or node watch ended before its first list")]
     WatchEnded,
     #[error("building the probe HTTP client: {0}")]
@@ -97,6 +108,19 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), Error> {
     let ipam = Ipam::new(&config.pod_cidr)?;
+    if let Err(source) = std::net::TcpListener::bind((ipam.first(), 0)) {
+        return Err(Error::NotLocal {
+            cidr: config.pod_cidr.clone(),
+            ip: ipam.first(),
+            source,
+        });
+    }
+    if ipam.is_loopback() {
+        tracing::warn!(
+            cidr = %config.pod_cidr,
+            "loopback pod IPs: processes run, but the API server keeps them out of EndpointSlices"
+        );
+    }
     let pods_dir = config.run_dir.join("pods");
     process::kill_stale(&pods_dir);
     let http = reqwest::Client::builder()

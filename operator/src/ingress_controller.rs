@@ -15,7 +15,6 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DynamicObject, Patch, PatchParams};
@@ -368,10 +367,20 @@ async fn read_secrets(
 }
 
 /// Whether the HTTPRoute CRD is installed (and so whether an HTTPRoute can be written or
-/// has to be pruned).
+/// has to be pruned). Asked through discovery, which every client may read, so the
+/// operator needs no rights on CustomResourceDefinitions beyond its own.
 async fn gateway_api_installed(client: &Client) -> Result<bool, Error> {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    Ok(crds.get_opt(ingress_plan::HTTP_ROUTE_CRD).await?.is_some())
+    match client
+        .list_api_group_resources(ingress_plan::HTTP_ROUTE_GROUP_VERSION)
+        .await
+    {
+        Ok(resources) => Ok(resources
+            .resources
+            .iter()
+            .any(|r| r.name == ingress_plan::HTTP_ROUTE_PLURAL)),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
+        Err(error) => Err(error.into()),
+    }
 }
 
 async fn apply_one<K>(api: &Api<K>, object: &K, kind: &'static str) -> Result<K, Error>

@@ -54,6 +54,8 @@ pub const SERVICE_PORT: i32 = 80;
 pub const DEFAULT_SECRET_KEY: &str = "secret";
 /// The CRD whose presence decides whether an `expose.httpRoute` can be written.
 pub const HTTP_ROUTE_CRD: &str = "httproutes.gateway.networking.k8s.io";
+pub const HTTP_ROUTE_GROUP_VERSION: &str = "gateway.networking.k8s.io/v1";
+pub const HTTP_ROUTE_PLURAL: &str = "httproutes";
 /// Time the Pod gets after SIGTERM beyond the receiver's `shutdownTimeout`: the receiver
 /// then publishes its `stopping` event (2 s) and flushes the producer (5 s).
 const SHUTDOWN_MARGIN_SECONDS: i64 = 15;
@@ -774,7 +776,7 @@ pub fn desired_ingress(wi: &WebhookIngress) -> Option<Ingress> {
 pub fn http_route_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute"),
-        "httproutes",
+        HTTP_ROUTE_PLURAL,
     )
 }
 

@@ -524,7 +524,8 @@ start_pod_runner() {
     stop pod-runner
   fi
   is_running pod-runner && return 0
-  : > "$RUN/logs/pod-runner.log"
+  # A fresh log, so that readiness is read from this run's lines; the last run's is kept.
+  [ -f "$RUN/logs/pod-runner.log" ] && mv -f "$RUN/logs/pod-runner.log" "$RUN/logs/pod-runner.previous.log"
   echo "$cidr" > "$RUN/pod-runner.cidr"
   target=$(cargo_target_dir)
   [ -n "$target" ] || die "could not find cargo's target directory (cargo metadata)"

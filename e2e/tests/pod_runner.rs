@@ -149,6 +149,7 @@ async fn create_deployment(
     replicas: i32,
     command: &str,
     readiness_path: &str,
+    liveness_path: Option<&str>,
 ) -> Api<Deployment> {
     let labels = json!({
         "app": "echo",
@@ -196,6 +197,17 @@ async fn create_deployment(
         },
     }))
     .unwrap();
+    let mut deployment = deployment;
+    if let Some(path) = liveness_path {
+        let probe = serde_json::from_value(json!({
+            "httpGet": {"path": path, "port": 8080},
+            "periodSeconds": 1,
+            "failureThreshold": 2,
+        }))
+        .unwrap();
+        let spec = deployment.spec.as_mut().unwrap();
+        spec.template.spec.as_mut().unwrap().containers[0].liveness_probe = Some(probe);
+    }
     let deployments = Api::<Deployment>::namespaced(client.clone(), ns);
     deployments
         .create(&PostParams::default(), &deployment)
@@ -228,7 +240,7 @@ async fn replicas_run_as_processes_configured_from_their_objects_and_follow_scal
     let ns = TestNamespace::create(&client, "e2e-runner").await;
     create_fixtures(&client, &ns.name).await;
     let deployments =
-        create_deployment(&client, &ns.name, "echo", 2, "echo-server", "/readyz").await;
+        create_deployment(&client, &ns.name, "echo", 2, "echo-server", "/readyz", None).await;
     eventually("2 ready replicas", BOUND, || async {
         (ready_replicas(&deployments, "echo").await == 2).then_some(())
     })
@@ -337,8 +349,17 @@ async fn a_process_failing_its_readiness_probe_runs_but_is_not_a_ready_endpoint(
     let ns = TestNamespace::create(&client, "e2e-runner-probe").await;
     create_fixtures(&client, &ns.name).await;
     let deployments =
-        create_deployment(&client, &ns.name, "good", 1, "echo-server", "/readyz").await;
-    create_deployment(&client, &ns.name, "bad", 1, "echo-server", "/notready").await;
+        create_deployment(&client, &ns.name, "good", 1, "echo-server", "/readyz", None).await;
+    create_deployment(
+        &client,
+        &ns.name,
+        "bad",
+        1,
+        "echo-server",
+        "/notready",
+        None,
+    )
+    .await;
 
     let good = answering_endpoints(&client, &ns.name, 1).await;
     let pods = Api::<Pod>::namespaced(client.clone(), &ns.name);
@@ -397,6 +418,7 @@ async fn a_container_whose_binary_is_missing_waits_with_a_reason_and_an_event() 
         1,
         "/usr/bin/no-such-binary",
         "/readyz",
+        None,
     )
     .await;
     let pods = Api::<Pod>::namespaced(client.clone(), &ns.name);
@@ -443,4 +465,46 @@ async fn a_container_whose_binary_is_missing_waits_with_a_reason_and_an_event() 
             .then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_process_failing_its_liveness_probe_is_killed_and_restarted() {
+    let Some(client) = client().await else {
+        return;
+    };
+    let ns = TestNamespace::create(&client, "e2e-runner-live").await;
+    create_fixtures(&client, &ns.name).await;
+    create_deployment(
+        &client,
+        &ns.name,
+        "dying",
+        1,
+        "echo-server",
+        "/readyz",
+        Some("/notready"),
+    )
+    .await;
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns.name);
+    let (restarts, last_state) = eventually(
+        "two restarts after failed liveness probes",
+        BOUND,
+        || async {
+            let pod = pods
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .next()?;
+            let status = pod.status?.container_statuses?.into_iter().next()?;
+            (status.restart_count >= 2).then_some((status.restart_count, status.last_state?))
+        },
+    )
+    .await;
+    let terminated = last_state.terminated.expect("lastState.terminated");
+    assert_eq!(
+        terminated.exit_code,
+        128 + 9,
+        "killed by SIGKILL after {restarts} restarts"
+    );
 }

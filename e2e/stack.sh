@@ -488,12 +488,14 @@ cargo_target_dir() {
 build_rust() {
   require cargo "cargo (rustup.rs)"
   log "building pod-runner, hook-receiver, event-consumer and the test workloads (log: $RUN/logs/cargo.log)"
+  local t0=$SECONDS
   if ! (cd "$REPO" && cargo build --locked -p bridge-e2e -p hook-receiver -p event-consumer --bins) \
     > "$RUN/logs/cargo.log" 2>&1; then
     printf 'stack: cargo build failed; last lines of %s:\n' "$RUN/logs/cargo.log" >&2
     tail -n 30 "$RUN/logs/cargo.log" >&2
-    exit 1
+    return 1
   fi
+  log "built the Rust binaries in $((SECONDS - t0)) s"
 }
 
 pod_range_is_local() {
@@ -666,7 +668,9 @@ cmd_up() {
   local t0=$SECONDS
   build_all
   mkdir -p "$RUN/logs" "$RUN/pids"
-  build_rust
+  # cargo builds while the JVMs and the control plane start; pod-runner waits for it.
+  build_rust &
+  local cargo_pid=$!
   raise_limits
 
   # Kafka's JVMs start slowest, so they go first and come up while the control plane does.
@@ -686,6 +690,7 @@ cmd_up() {
   wait_until kube-scheduler curl -skf --max-time 2 "https://127.0.0.1:$SCHEDULER_PORT/healthz"
   create_nodes
   wait_until kwok nodes_ready
+  wait "$cargo_pid" || die "the Rust build failed (see above)"
   make_pod_range_local ||
     log "warning: could not make $RUNNER_POD_CIDR local (as root: ip route add local $RUNNER_POD_CIDR dev lo); pod-runner falls back to $RUNNER_FALLBACK_POD_CIDR, whose addresses EndpointSlices refuse"
   start_pod_runner

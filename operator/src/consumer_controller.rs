@@ -93,12 +93,27 @@ impl Context {
     }
 
     async fn event(&self, consumer: &EventConsumer, type_: EventType, reason: &str, note: String) {
+        self.event_of(consumer, type_, reason, "Reconcile".into(), note)
+            .await;
+    }
+
+    /// An Event with its own `action`. The recorder folds Events of the same reason and
+    /// action into one series that keeps the first note, so an action that names the
+    /// outcome (`ScaleTo4`) keeps each outcome's note readable.
+    async fn event_of(
+        &self,
+        consumer: &EventConsumer,
+        type_: EventType,
+        reason: &str,
+        action: String,
+        note: String,
+    ) {
         tracing::info!(object = %object_key(consumer), reason, "{note}");
         let event = Event {
             type_,
             reason: reason.into(),
             note: Some(note),
-            action: "Reconcile".into(),
+            action,
             secondary: None,
         };
         if let Err(error) = self
@@ -495,10 +510,11 @@ async fn reconcile_consumer(consumer: &EventConsumer, ctx: &Context) -> Result<A
             ),
             _ => String::new(),
         };
-        ctx.event(
+        ctx.event_of(
             consumer,
             EventType::Normal,
             "Scaled",
+            format!("ScaleTo{replicas}"),
             format!("scaled Deployment {object_name} from {before} to {replicas} replicas{why}"),
         )
         .await;

@@ -106,8 +106,10 @@ pub struct SecretKey {
 /// A referenced Secret that cannot be used, as a person should read it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecretProblem {
+    /// `key`: the key the route reads, when the reference names one (or defaults to it).
     NotFound {
         name: String,
+        key: Option<String>,
     },
     KeyMissing {
         name: String,
@@ -131,9 +133,15 @@ impl SecretProblem {
 
     pub fn message(&self, namespace: &str) -> String {
         match self {
-            Self::NotFound { name } => format!(
-                "Secret {namespace}/{name} does not exist: create it, or fix the secretRef; the running receiver, if any, is left as it is"
-            ),
+            Self::NotFound { name, key } => {
+                let key = key
+                    .as_deref()
+                    .map(|key| format!(" with key {key}"))
+                    .unwrap_or_default();
+                format!(
+                    "Secret {namespace}/{name} does not exist: create it{key}, or fix the secretRef; the running receiver, if any, is left as it is"
+                )
+            }
             Self::KeyMissing { name, key } => format!(
                 "Secret {namespace}/{name} has no key {key}: add it, or set secretRef.key to a key it has; the running receiver, if any, is left as it is"
             ),
@@ -183,10 +191,15 @@ pub fn resolve_secrets(
                 return Ok(None);
             };
             let name = reference.name.clone();
-            let Some(data) = secrets.get(&name) else {
-                return Err(SecretProblem::NotFound { name });
-            };
             let standard = matches!(route.auth.kind(), Some(AuthKind::StandardWebhooks(_)));
+            let Some(data) = secrets.get(&name) else {
+                let key = match (&reference.key, standard) {
+                    (Some(key), _) => Some(key.clone()),
+                    (None, true) => None,
+                    (None, false) => Some(DEFAULT_SECRET_KEY.to_owned()),
+                };
+                return Err(SecretProblem::NotFound { name, key });
+            };
             let key = match (&reference.key, standard) {
                 (Some(key), _) => key.clone(),
                 // Standard Webhooks without a key means "every key": one key is all of them.
@@ -985,8 +998,17 @@ mod tests {
         assert_eq!(
             resolve_secrets(&wi, &data),
             Err(SecretProblem::NotFound {
-                name: "github-webhook".into()
+                name: "github-webhook".into(),
+                key: Some("secret".into()),
             })
+        );
+        let problem = resolve_secrets(&wi, &data).unwrap_err();
+        assert!(
+            problem
+                .message("team-a")
+                .contains("Secret team-a/github-webhook does not exist: create it with key secret"),
+            "{}",
+            problem.message("team-a")
         );
         let mut data = secret_data(b"x");
         data.get_mut("hmac").unwrap().clear();

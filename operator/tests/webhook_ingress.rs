@@ -354,6 +354,30 @@ async fn a_missing_secret_is_reported_by_name_and_creating_it_heals() {
         (ready.reason != "SecretNotFound").then_some(())
     })
     .await;
+
+    // Losing the Secret again is reported, and the running receiver is left as it is.
+    let checksum = f.checksum("github-receiver").await;
+    f.secrets
+        .delete("not-yet", &Default::default())
+        .await
+        .unwrap();
+    let ready = f
+        .wait_condition("github", "Ready", "False", "SecretNotFound")
+        .await;
+    assert!(ready.message.contains("key secret"), "{}", ready.message);
+    tokio::time::sleep(RESYNC).await;
+    assert_eq!(f.checksum("github-receiver").await, checksum);
+    let events: Api<k8s_openapi::api::events::v1::Event> = f.api();
+    eventually("a SecretNotFound warning Event", BOUND, || async {
+        events
+            .list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("SecretNotFound"))
+    })
+    .await;
 }
 
 #[tokio::test]

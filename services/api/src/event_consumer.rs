@@ -318,16 +318,20 @@ pub struct EventConsumerStatus {
     #[schemars(length(max = 16))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
-    /// Replicas of the consumer Deployment.
+    /// Replicas the operator runs: the consumer Deployment's spec.replicas (0 during a replay).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<i32>,
     /// Replicas that are ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_replicas: Option<i32>,
-    /// Records not yet consumed, summed over partitions.
+    /// Records not yet consumed, summed over partitions: each partition's end offset minus the
+    /// group's committed offset; a partition without a committed offset counts 0 under
+    /// `startFrom: latest` and all its records under `earliest`. Measured on every resync.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag: Option<i64>,
-    /// Events sent to the dead-letter topic.
+    /// Records in the dead-letter topic: the sum over its partitions of the high minus the
+    /// low watermark, so it counts what every consumer writing there dead-lettered, less what
+    /// retention has removed. Absent without a dead-letter topic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_lettered: Option<i64>,
     /// The last replay carried out.

@@ -4,6 +4,8 @@
 
 mod support;
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bridge_api::{EventConsumer, EventTopic};
@@ -94,9 +96,10 @@ fn replicas(deployment: &Deployment) -> Option<i32> {
 }
 
 /// Produces `count` keyed CloudEvents (binary mode) to `topic` and waits for every
-/// acknowledgement. Valid events matter when consumers really run (the pod-runner): an
+/// acknowledgement; returns their ids. Valid events matter when consumers really run (the pod-runner): an
 /// invalid record would be skipped and committed, one the sink does not take is not.
-async fn produce(topic: &str, count: usize) {
+async fn produce(topic: &str, count: usize) -> Vec<String> {
+    let mut ids = Vec::with_capacity(count);
     let producer: FutureProducer = Stack::from_env().unwrap().kafka_config().create().unwrap();
     for i in 0..count {
         let key = format!("key-{i}");
@@ -118,7 +121,9 @@ async fn produce(topic: &str, count: usize) {
             )
             .await
             .unwrap_or_else(|(error, _)| panic!("producing to {topic}: {error}"));
+        ids.push(id);
     }
+    ids
 }
 
 fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a str> {
@@ -336,16 +341,21 @@ async fn renders_the_config_map_and_a_deployment_owned_by_the_object() {
         },
     )
     .await;
-    let status = wait_consumer(&consumers, "coordinator", "status with replicas", |c| {
-        c.status.as_ref().is_some_and(|s| s.replicas == Some(2))
-    })
+    let generation = owner.metadata.generation.map(|g| g + 1);
+    let status = wait_consumer(
+        &consumers,
+        "coordinator",
+        "the new generation observed",
+        |c| {
+            c.status
+                .as_ref()
+                .is_some_and(|s| s.observed_generation == generation)
+        },
+    )
     .await
     .status
     .unwrap();
-    assert_eq!(
-        status.observed_generation,
-        owner.metadata.generation.map(|g| g + 1)
-    );
+    assert_eq!(status.replicas, Some(2));
     assert_eq!(status.dead_lettered, Some(0));
 }
 
@@ -624,4 +634,118 @@ async fn a_paused_consumer_gets_the_paused_condition_and_nothing_else() {
             .unwrap()
             .is_none()
     );
+}
+
+/// A tiny HTTP sink on 127.0.0.1 that answers 200 to every request and records the
+/// `ce-id` of each: what the consumers (run as processes by the pod-runner) delivered.
+struct RecordingSink {
+    address: std::net::SocketAddr,
+    ids: Arc<Mutex<HashSet<String>>>,
+}
+
+impl RecordingSink {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let ids: Arc<Mutex<HashSet<String>>> = Arc::default();
+        let recorded = ids.clone();
+        tokio::spawn(async move {
+            while let Ok((connection, _)) = listener.accept().await {
+                tokio::spawn(serve_connection(connection, recorded.clone()));
+            }
+        });
+        Self { address, ids }
+    }
+
+    fn received(&self) -> HashSet<String> {
+        self.ids.lock().unwrap().clone()
+    }
+}
+
+/// HTTP/1.1 with keep-alive: headers, a `content-length` body, a 200 with no body.
+async fn serve_connection(mut connection: tokio::net::TcpStream, ids: Arc<Mutex<HashSet<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = Vec::new();
+    loop {
+        let head_end = loop {
+            if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            match connection.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
+        let header = |name: &str| {
+            head.lines().find_map(|line| {
+                let (key, value) = line.split_once(':')?;
+                key.trim()
+                    .eq_ignore_ascii_case(name)
+                    .then(|| value.trim().to_owned())
+            })
+        };
+        let length: usize = header("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        while buffer.len() < head_end + length {
+            let mut chunk = [0u8; 4096];
+            match connection.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            }
+        }
+        if let Some(id) = header("ce-id") {
+            ids.lock().unwrap().insert(id);
+        }
+        buffer.drain(..head_end + length);
+        let response = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+        if connection.write_all(response).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn running_replicas_become_ready_and_deliver_what_is_produced_to_the_sink() {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "ec-deliver").await;
+    let _operator = Operator::start(&[&ns.name]).await;
+    let topics: Api<EventTopic> = Api::namespaced(client.clone(), &ns.name);
+    let topic = ready_topic(&topics, "deliveries", 2).await;
+    let sink = RecordingSink::start().await;
+    let consumers: Api<EventConsumer> = Api::namespaced(client.clone(), &ns.name);
+    create_consumer(
+        &consumers,
+        &event_consumer(
+            "deliverer",
+            json!({
+                "topics": ["deliveries"],
+                "sink": {"url": format!("http://{}/events", sink.address)},
+                "startFrom": "earliest",
+                "replicas": 2,
+            }),
+        ),
+    )
+    .await;
+
+    // Ready needs the pods' /readyz, which answers once the group assigned partitions:
+    // only real event-consumer processes (the stack's pod-runner) get there.
+    let consumer = wait_consumer(&consumers, "deliverer", "2 ready replicas, Ready", |c| {
+        c.status.as_ref().and_then(|s| s.ready_replicas) == Some(2)
+            && ready(c).is_some_and(|(s, r, _)| s == "True" && r == "Running")
+    })
+    .await;
+    assert_eq!(consumer.status.unwrap().replicas, Some(2));
+
+    let produced: HashSet<String> = produce(&topic, 20).await.into_iter().collect();
+    eventually("every produced event at the sink", BOUND, || async {
+        produced.is_subset(&sink.received()).then_some(())
+    })
+    .await;
+    wait_consumer(&consumers, "deliverer", "lag 0 once delivered", |c| {
+        lag(c) == Some(0)
+    })
+    .await;
 }

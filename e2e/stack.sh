@@ -54,19 +54,16 @@ KAFKA_NODES=(1 2 3)
 # this machine. Service cluster IPs are only allocated, never routed to.
 POD_CIDR=127.1.0.0/16
 SERVICE_CIDR=10.96.0.0/16
-# Pod IPs handed out by pod-runner to the operator's Pods, which run as real processes that
-# listen on them and are reached through EndpointSlices. The API server refuses loopback
-# addresses in EndpointSlices, so the range is part of 198.18.0.0/15 (RFC 2544
-# benchmarking: not routed on the internet, not a private LAN range), made local to this
-# machine as 127.0.0.0/8 is: `ip route add local <range> dev lo` (root, once per boot; `up`
-# does it when it may). Each stack's ports span less than 1000, so offsets come in
-# thousands and each thousand takes the next /20: offset 0 -> 198.18.0.0/20,
-# 1000 -> 198.18.16.0/20, 16000 -> 198.19.0.0/20 (32 stacks).
+# Pod IPs handed out by pod-runner to the operator's Pods, which run as real processes
+# reached through EndpointSlices. The API server refuses loopback addresses in
+# EndpointSlices, so the Pod IPs in the API are in 198.18.0.0/15 (RFC 2544 benchmarking:
+# not routed on the internet, not a private network), and each process listens on its
+# loopback twin, the Pod IP with its first octet replaced by 127 (198.18.0.5 ->
+# 127.18.0.5): traffic never leaves 127.0.0.0/8 (bridge_e2e::loopback_twin). Each stack's
+# ports span less than 1000, so offsets come in thousands and each thousand takes the next
+# /20: offset 0 -> 198.18.0.0/20, 1000 -> 198.18.16.0/20, 16000 -> 198.19.0.0/20 (32 stacks).
 RUNNER_RANGE_INDEX=$((P / 1000 % 32))
 RUNNER_POD_CIDR=198.$((18 + RUNNER_RANGE_INDEX / 16)).$((RUNNER_RANGE_INDEX % 16 * 16)).0/20
-# Without that route (no root): loopback, 127.(2 + offset in thousands).0.0/16. Processes
-# still run and answer on their Pod IPs, but no EndpointSlice lists them.
-RUNNER_FALLBACK_POD_CIDR=127.$((2 + P / 1000 % 250)).0.0/16
 NODE_COUNT=2
 
 WAIT_SECONDS=${OMNINODE_WAIT_SECONDS:-120}
@@ -498,29 +495,9 @@ build_rust() {
   log "built the Rust binaries in $((SECONDS - t0)) s"
 }
 
-pod_range_is_local() {
-  ip route get "${RUNNER_POD_CIDR%0/20}1" 2>/dev/null | grep -q '^local '
-}
-
-make_pod_range_local() {
-  pod_range_is_local && return 0
-  command -v ip > /dev/null 2>&1 || return 1
-  if [ "$(id -u)" = 0 ]; then
-    ip route add local "$RUNNER_POD_CIDR" dev lo 2>/dev/null || true
-  else
-    sudo -n ip route add local "$RUNNER_POD_CIDR" dev lo 2>/dev/null || true
-  fi
-  pod_range_is_local
-}
-
-runner_pod_cidr() {
-  if pod_range_is_local; then echo "$RUNNER_POD_CIDR"; else echo "$RUNNER_FALLBACK_POD_CIDR"; fi
-}
-
 start_pod_runner() {
-  local target cidr
-  cidr=$(runner_pod_cidr)
-  # A runner started on the other range (the route came or went) is restarted.
+  local target cidr=$RUNNER_POD_CIDR
+  # A runner started on another range (by an older stack.sh) is restarted.
   if is_running pod-runner && [ "$(cat "$RUN/pod-runner.cidr" 2>/dev/null)" != "$cidr" ]; then
     log "pod-runner's range changes to $cidr; restarting it"
     stop pod-runner
@@ -691,8 +668,6 @@ cmd_up() {
   create_nodes
   wait_until kwok nodes_ready
   wait "$cargo_pid" || die "the Rust build failed (see above)"
-  make_pod_range_local ||
-    log "warning: could not make $RUNNER_POD_CIDR local (as root: ip route add local $RUNNER_POD_CIDR dev lo); pod-runner falls back to $RUNNER_FALLBACK_POD_CIDR, whose addresses EndpointSlices refuse"
   start_pod_runner
   wait_until pod-runner pod_runner_ready
   # The default ServiceAccount is what lets Pods be admitted in a namespace.
@@ -710,7 +685,7 @@ cmd_env() {
   else
     printf 'export KUBECONFIG=%q\nexport KAFKA_BOOTSTRAP_SERVERS=%q\nexport OMNINODE_STACK=local\n' \
       "$RUN/kubeconfig" "$(kafka_bootstrap)"
-    printf 'export OMNINODE_POD_CIDR=%q\n' "$(runner_pod_cidr)"
+    printf 'export OMNINODE_POD_CIDR=%q\n' "$RUNNER_POD_CIDR"
   fi
   # $PATH stays literal: it expands where the caller evals these lines.
   # shellcheck disable=SC2016

@@ -132,6 +132,20 @@ pub fn pinned_kubernetes_version() -> Result<String, StackError> {
         })
 }
 
+/// Where the process of a Pod run by pod-runner listens, and so where a client on this
+/// machine connects for a Pod IP read from the API (an EndpointSlice, `status.podIP`): the
+/// Pod IP with its first octet replaced by 127.
+///
+/// The API server refuses loopback addresses in EndpointSlices (`ValidateEndpointIP`), so
+/// Pod IPs in the API come from 198.18.0.0/15 (RFC 2544 benchmarking: neither routed on
+/// the internet nor a private network), while every byte of traffic stays on
+/// 127.0.0.0/8: 198.18.a.b is served on 127.18.a.b. This mapping stands in for the network
+/// namespace and routes a real node would have; it needs no root and no route.
+pub fn loopback_twin(pod_ip: std::net::Ipv4Addr) -> std::net::Ipv4Addr {
+    let [_, b, c, d] = pod_ip.octets();
+    std::net::Ipv4Addr::new(127, b, c, d)
+}
+
 /// A name no other test run has used: a DNS label (lowercase, digits, dashes) that starts
 /// with `prefix`, so tests can share one cluster and one Kafka without colliding.
 pub fn unique_name(prefix: &str) -> String {
@@ -232,6 +246,13 @@ impl Drop for TestNamespace {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pod_ip_is_served_on_its_loopback_twin() {
+        let twin = loopback_twin("198.18.3.7".parse().unwrap());
+        assert_eq!(twin, std::net::Ipv4Addr::new(127, 18, 3, 7));
+        assert!(twin.is_loopback());
+    }
 
     #[test]
     fn unique_names_are_dns_labels_and_differ() {

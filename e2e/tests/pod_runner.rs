@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use bridge_e2e::{Stack, StackKind, TestNamespace, eventually};
+use bridge_e2e::{Stack, StackKind, TestNamespace, eventually, loopback_twin};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -60,10 +60,12 @@ fn http() -> reqwest::Client {
         .unwrap()
 }
 
-/// What the process at `ip` saw, or None when nothing answers there.
+/// What the process of the Pod IP `ip` saw, or None when nothing answers there. Like
+/// every client here, it connects to the IP's loopback twin.
 async fn info(ip: &str) -> Option<Value> {
+    let twin = loopback_twin(ip.parse().expect("an IPv4 pod IP"));
     let response = http()
-        .get(format!("http://{ip}:8080/info"))
+        .get(format!("http://{twin}:8080/info"))
         .send()
         .await
         .ok()?;
@@ -275,15 +277,16 @@ async fn replicas_run_as_processes_configured_from_their_objects_and_follow_scal
         assert_eq!(seen["secret"], SECRET_TOKEN, "the Secret volume's file");
         let config = seen["config"].as_str().unwrap();
         assert!(config.contains("greeting=from the configmap"), "{config}");
+        let twin = loopback_twin(ip.parse().unwrap());
         assert!(
-            config.contains(&format!("listen={ip}:8080")),
-            "wildcard bind not rewritten: {config}"
+            config.contains(&format!("listen={twin}:8080")),
+            "wildcard bind not rewritten to the Pod IP's loopback twin: {config}"
         );
         assert!(
             !config.contains("/etc/echo"),
             "mount path not rewritten: {config}"
         );
-        assert_eq!(seen["listen"], format!("{ip}:8080"));
+        assert_eq!(seen["listen"], format!("{twin}:8080"));
         assert!(
             env.get("KUBECONFIG").is_none(),
             "the runner's env leaked: {env}"

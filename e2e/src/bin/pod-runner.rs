@@ -19,8 +19,8 @@ struct Args {
     /// Run directory: pod directories go to <run-dir>/pods/<namespace>_<name>.
     #[arg(long, env = "POD_RUNNER_RUN_DIR")]
     run_dir: PathBuf,
-    /// Pod IPs come from this range: local to this machine (`ip route add local <range> dev
-    /// lo`), apart from kwok's, and not a private network range.
+    /// Pod IPs come from this range (apart from kwok's, not loopback, not a private
+    /// network); each process listens on its IP's loopback twin, 127.b.c.d.
     #[arg(long, default_value = "198.18.0.0/20")]
     pod_cidr: String,
     /// Label selector of the nodes this runner is the kubelet of.

@@ -1,11 +1,9 @@
 //! Pod IPs from the runner's own range (`--pod-cidr`, e.g. `198.18.0.0/20`).
 //!
-//! The range must be local to this machine, so that a process can bind its Pod IP and a
-//! client on the machine reaches it: Linux treats all of 127.0.0.0/8 so, and any range
-//! after `ip route add local <range> dev lo`. EndpointSlices refuse loopback addresses
-//! (kube-apiserver's ValidateEndpointIP), so a loopback range runs processes that no
-//! Service lists; stack.sh therefore sets up a local route for part of 198.18.0.0/15
-//! (RFC 2544 benchmarking: neither routed on the internet nor a private LAN range).
+//! EndpointSlices refuse loopback addresses (kube-apiserver's ValidateEndpointIP), so the
+//! range is part of 198.18.0.0/15 (RFC 2544 benchmarking: neither routed on the internet
+//! nor a private network); processes listen on each address's loopback twin
+//! (`bridge_e2e::loopback_twin`), so no traffic leaves 127.0.0.0/8.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -62,10 +60,6 @@ impl Ipam {
     /// The first address handed out: `local_check` binds it to see the range is local.
     pub fn first(&self) -> Ipv4Addr {
         Ipv4Addr::from(self.base + 1)
-    }
-
-    pub fn is_loopback(&self) -> bool {
-        self.first().is_loopback()
     }
 
     pub fn contains(&self, ip: Ipv4Addr) -> bool {

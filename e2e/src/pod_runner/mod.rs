@@ -22,10 +22,12 @@
 //! the Pod's directory, and every container `mountPath` (longest first, subPath resolved)
 //! that starts a path in the args, the env values and the text of ConfigMap files is
 //! replaced by the local directory. For the network namespace, a wildcard bind
-//! `0.0.0.0:PORT` or `[::]:PORT` in the same places becomes `<podIP>:PORT`. A `local`
-//! route on `lo` for the Pod range (as Linux has for 127.0.0.0/8) lets each process bind
-//! its own Pod IP and every client on the machine reach it. Loopback itself will not do
-//! for Pods behind a Service: the API server refuses loopback addresses in EndpointSlices.
+//! `0.0.0.0:PORT` or `[::]:PORT` in the same places becomes `<twin>:PORT`, where the twin is
+//! the Pod IP with its first octet replaced by 127 ([`bridge_e2e::loopback_twin`]): Pod
+//! IPs in the API come from 198.18.0.0/15, because the API server refuses loopback
+//! addresses in EndpointSlices, and all traffic stays on 127.0.0.0/8, because clients on
+//! this machine (tests, the demo) connect to the twin of the address they read from an
+//! EndpointSlice. Probes go to the twin too.
 //!
 //! Not done: image entrypoints (a container must name its command), exec probes, startup
 //! probes, init containers, resource limits, service account tokens, refreshing mounted
@@ -72,11 +74,8 @@ pub struct Config {
 pub enum Error {
     #[error(transparent)]
     Cidr(#[from] ipam::CidrError),
-    #[error(
-        "pod IPs in {cidr} are not local to this machine (binding {ip}: {source}); make the range local: ip route add local {cidr} dev lo"
-    )]
+    #[error("cannot bind the loopback address {ip} that pod IPs are served on: {source}")]
     NotLocal {
-        cidr: String,
         ip: std::net::Ipv4Addr,
         source: std::io::Error,
     },
@@ -108,18 +107,9 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), Error> {
     let ipam = Ipam::new(&config.pod_cidr)?;
-    if let Err(source) = std::net::TcpListener::bind((ipam.first(), 0)) {
-        return Err(Error::NotLocal {
-            cidr: config.pod_cidr.clone(),
-            ip: ipam.first(),
-            source,
-        });
-    }
-    if ipam.is_loopback() {
-        tracing::warn!(
-            cidr = %config.pod_cidr,
-            "loopback pod IPs: processes run, but the API server keeps them out of EndpointSlices"
-        );
+    let twin = bridge_e2e::loopback_twin(ipam.first());
+    if let Err(source) = std::net::TcpListener::bind((twin, 0)) {
+        return Err(Error::NotLocal { ip: twin, source });
     }
     let pods_dir = config.run_dir.join("pods");
     process::kill_stale(&pods_dir);

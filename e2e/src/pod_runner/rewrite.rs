@@ -134,9 +134,14 @@ pub fn rewrite_wildcard_binds(input: &str, ip: &str) -> String {
     out
 }
 
-/// Both rewrites, as applied to args, env values and ConfigMap file text.
-pub fn rewrite(input: &str, mounts: &[Mount], ip: &str) -> String {
-    rewrite_wildcard_binds(&rewrite_paths(input, mounts), ip)
+/// Both rewrites, as applied to args, env values and ConfigMap file text: wildcard binds
+/// become the loopback twin of `pod_ip`, where the Pod's processes listen.
+pub fn rewrite(input: &str, mounts: &[Mount], pod_ip: &str) -> String {
+    let bind = match pod_ip.parse() {
+        Ok(ip) => bridge_e2e::loopback_twin(ip).to_string(),
+        Err(_) => pod_ip.to_owned(),
+    };
+    rewrite_wildcard_binds(&rewrite_paths(input, mounts), &bind)
 }
 
 #[cfg(test)]

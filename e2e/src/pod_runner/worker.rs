@@ -282,6 +282,8 @@ impl Worker {
         let Some(ip) = self.ip_for(pod, uid) else {
             return;
         };
+        // The process binds (rewrite::rewrite), and is probed on, the Pod IP's loopback twin.
+        let twin = bridge_e2e::loopback_twin(ip).to_string();
         let ip = ip.to_string();
         if self.start_time.is_none() {
             self.start_time = Some(now());
@@ -298,7 +300,7 @@ impl Worker {
                 self.start(i, pod, &ip).await;
             }
             if self.containers[i].child.is_some() {
-                self.probe(i, &ip).await;
+                self.probe(i, &twin).await;
             }
         }
     }

@@ -271,8 +271,9 @@ pub fn github_signature(secret: &str, body: &[u8]) -> String {
     format!("sha256={hex}")
 }
 
-/// The ready `address:port` endpoints of a Service's port `port_name`, read from its
-/// EndpointSlices as an in-cluster client (kube-proxy) would use them.
+/// The ready endpoints of a Service's port `port_name`, read from its EndpointSlices as an
+/// in-cluster client (kube-proxy) would use them, as `address:port` to connect to: each
+/// Pod IP's loopback twin, where pod-runner's process listens (`bridge_e2e::loopback_twin`).
 pub async fn ready_endpoints(
     client: &kube::Client,
     namespace: &str,
@@ -309,7 +310,11 @@ pub async fn ready_endpoints(
                 .unwrap_or(false);
             if ready {
                 for address in endpoint.addresses {
-                    endpoints.insert(format!("{address}:{port}"));
+                    let Ok(pod_ip) = address.parse() else {
+                        continue;
+                    };
+                    let twin = bridge_e2e::loopback_twin(pod_ip);
+                    endpoints.insert(format!("{twin}:{port}"));
                 }
             }
         }

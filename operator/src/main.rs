@@ -8,10 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bridge_api::EventTopic;
+use bridge_events::KafkaSettings;
 use bridge_operator::audit::AuditLog;
 use bridge_operator::kafka_admin::TopicAdmin;
 use bridge_operator::metrics::Metrics;
 use bridge_operator::topic_controller::{self, Context};
+use bridge_operator::workload::{WorkloadContext, WorkloadSettings, until_stopped};
+use bridge_operator::{consumer_controller, ingress_controller};
 use bridge_runtime::{Readiness, init_tracing, serve_admin, shutdown_signal};
 use clap::Parser;
 use futures::StreamExt;
@@ -22,11 +25,13 @@ use kube::runtime::{Controller, watcher};
 use kube::{Api, Client};
 use kube_lease_manager::LeaseManagerBuilder;
 use prometheus_client::registry::Registry;
-use rdkafka::ClientConfig;
 use tokio::sync::watch;
 
 #[derive(Parser, Debug)]
-#[command(version, about = "Reconciles EventTopic objects into Kafka topics")]
+#[command(
+    version,
+    about = "Reconciles EventTopic objects into Kafka topics, and WebhookIngress and EventConsumer objects into workloads"
+)]
 struct Args {
     /// Kafka brokers, comma-separated host:port.
     #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS")]
@@ -56,6 +61,15 @@ struct Args {
     /// This replica's identity in the Lease; defaults to the Pod (host) name.
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+
+    /// The image the WebhookIngress and EventConsumer workloads run: it holds
+    /// `hook-receiver` and `event-consumer` on its PATH.
+    #[arg(long, env = "BRIDGE_WORKLOAD_IMAGE", default_value = concat!("omninode/bridge:", env!("CARGO_PKG_VERSION")))]
+    workload_image: String,
+
+    /// The workloads' imagePullPolicy; the cluster's default when unset.
+    #[arg(long, env = "BRIDGE_WORKLOAD_IMAGE_PULL_POLICY", value_parser = ["Always", "IfNotPresent", "Never"])]
+    workload_image_pull_policy: Option<String>,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -63,7 +77,11 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 const LEASE_NAME: &str = "bridge-operator";
-const CRDS: [&str; 1] = ["eventtopics.bridge.omninode.io"];
+const CRDS: [&str; 3] = [
+    "eventtopics.bridge.omninode.io",
+    "eventconsumers.bridge.omninode.io",
+    "webhookingresses.bridge.omninode.io",
+];
 
 #[derive(Debug, thiserror::Error)]
 enum StartupError {
@@ -103,11 +121,12 @@ async fn run(args: Args) -> Result<(), StartupError> {
     let client = Client::try_default().await.map_err(StartupError::Client)?;
     check_crds(&client).await?;
 
-    let mut kafka = ClientConfig::new();
-    kafka.set("bootstrap.servers", &args.kafka_bootstrap_servers);
-    for (key, value) in kafka_properties(args.kafka_properties.as_deref())? {
-        kafka.set(key, value);
-    }
+    // The workloads connect to Kafka as the operator does.
+    let kafka_settings = KafkaSettings {
+        bootstrap_servers: args.kafka_bootstrap_servers.clone(),
+        properties: kafka_properties(args.kafka_properties.as_deref())?,
+    };
+    let kafka = kafka_settings.client_config();
 
     let mut registry = Registry::with_prefix("bridge_operator");
     let metrics = Arc::new(Metrics::register(&mut registry));
@@ -119,7 +138,7 @@ async fn run(args: Args) -> Result<(), StartupError> {
         args.admin_listen,
         Arc::new(registry),
         readiness.clone(),
-        wait_for(stopped.clone()),
+        until_stopped(stopped.clone()),
     )
     .await?;
     let admin_task = tokio::spawn(admin_server);
@@ -175,7 +194,31 @@ async fn run(args: Args) -> Result<(), StartupError> {
     };
     let recorder = Recorder::new(client.clone(), reporter);
     let admin = TopicAdmin::new(&kafka, metrics.clone())?;
-    let audit = AuditLog::new(&kafka, recorder)?;
+    let audit = AuditLog::new(&kafka, recorder.clone())?;
+
+    let workloads = Arc::new(WorkloadContext {
+        client: client.clone(),
+        settings: WorkloadSettings {
+            image: args.workload_image.clone(),
+            image_pull_policy: args.workload_image_pull_policy.clone(),
+            kafka: kafka_settings,
+        },
+        recorder,
+        metrics: metrics.clone(),
+        resync: args.resync_interval,
+    });
+    let workload_controllers = [
+        tokio::spawn(ingress_controller::run(
+            workloads.clone(),
+            args.watch_namespaces.clone(),
+            stopped.clone(),
+        )),
+        tokio::spawn(consumer_controller::run(
+            workloads,
+            args.watch_namespaces.clone(),
+            stopped.clone(),
+        )),
+    ];
 
     let apis: Vec<Api<EventTopic>> = if args.watch_namespaces.is_empty() {
         vec![Api::all(client.clone())]
@@ -189,7 +232,7 @@ async fn run(args: Args) -> Result<(), StartupError> {
         .into_iter()
         .map(|api| {
             Controller::new(api, watcher::Config::default().any_semantic())
-                .graceful_shutdown_on(wait_for(stopped.clone()))
+                .graceful_shutdown_on(until_stopped(stopped.clone()))
         })
         .collect();
     let stores = controllers.iter().map(|c| c.store()).collect();
@@ -231,6 +274,9 @@ async fn run(args: Args) -> Result<(), StartupError> {
             }
         }
     }
+    for controller in workload_controllers {
+        let _ = controller.await;
+    }
     drop(leading);
     let _ = lease_task.await;
     let _ = admin_task.await;
@@ -239,10 +285,6 @@ async fn run(args: Args) -> Result<(), StartupError> {
         return Err(StartupError::LeaderElection("lost the lease".into()));
     }
     Ok(())
-}
-
-async fn wait_for(mut stopped: watch::Receiver<bool>) {
-    let _ = stopped.wait_for(|stop| *stop).await;
 }
 
 /// The CRDs must be installed and Established before the watches can start.

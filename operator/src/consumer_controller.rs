@@ -765,6 +765,26 @@ mod tests {
         assert!(pending_replay(&consumer(no_replay, json!({}))).is_none());
     }
 
+    #[tokio::test]
+    async fn unreachable_kafka_is_an_error_to_report_not_a_crash() {
+        let mut kafka = ClientConfig::new();
+        kafka.set("bootstrap.servers", "127.0.0.1:1");
+        let started = Instant::now();
+        let view = observe_kafka(
+            kafka,
+            "team-a.coordinator".into(),
+            vec!["orders".into()],
+            None,
+            StartFrom::Latest,
+        )
+        .await;
+        assert!(view.is_err(), "{view:?}");
+        assert!(
+            started.elapsed() < KAFKA_TIMEOUT * 2,
+            "bounded by the request timeout"
+        );
+    }
+
     #[test]
     fn a_consumer_references_its_topics_and_its_dead_letter_topic() {
         let c = consumer(

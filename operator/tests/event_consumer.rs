@@ -749,3 +749,71 @@ async fn running_replicas_become_ready_and_deliver_what_is_produced_to_the_sink(
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_settled_consumer_writes_nothing_on_resync() {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "ec-steady").await;
+    let operator = Operator::start(&[&ns.name]).await;
+    let topics: Api<EventTopic> = Api::namespaced(client.clone(), &ns.name);
+    ready_topic(&topics, "calm", 1).await;
+    let consumers: Api<EventConsumer> = Api::namespaced(client.clone(), &ns.name);
+    create_consumer(
+        &consumers,
+        &event_consumer(
+            "steady",
+            json!({"topics": ["calm"], "sink": {"url": "http://127.0.0.1:9/"}, "replicas": 0}),
+        ),
+    )
+    .await;
+    let settled = wait_consumer(&consumers, "steady", "Ready (scaled to zero)", |c| {
+        ready(c).is_some_and(|(s, r, _)| s == "True" && r == "ScaledToZero")
+    })
+    .await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let versions = || async {
+        (
+            deployments
+                .get("steady-consumer")
+                .await
+                .unwrap()
+                .metadata
+                .resource_version,
+            config_maps
+                .get("steady-consumer")
+                .await
+                .unwrap()
+                .metadata
+                .resource_version,
+        )
+    };
+    let before = versions().await;
+    let patches = operator
+        .metric("bridge_operator_status_patches_total")
+        .await;
+
+    tokio::time::sleep(support::RESYNC * 3).await;
+    assert_eq!(
+        versions().await,
+        before,
+        "Deployment and ConfigMap untouched"
+    );
+    assert_eq!(
+        consumers
+            .get("steady")
+            .await
+            .unwrap()
+            .metadata
+            .resource_version,
+        settled.metadata.resource_version,
+        "status not rewritten"
+    );
+    assert_eq!(
+        operator
+            .metric("bridge_operator_status_patches_total")
+            .await,
+        patches
+    );
+    assert!(operator.metric("bridge_operator_reconciles_total").await > 0.0);
+}

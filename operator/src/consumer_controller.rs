@@ -254,7 +254,7 @@ impl Report {
 
     /// Writes the status only when it differs from what the object already has.
     async fn write(
-        mut self,
+        &mut self,
         consumer: &EventConsumer,
         api: &Api<EventConsumer>,
         ctx: &Context,
@@ -426,6 +426,9 @@ async fn reconcile_consumer(consumer: &EventConsumer, ctx: &Context) -> Result<A
                     from: from.clone(),
                     completed_at: Time(Timestamp::now()),
                 });
+                // Recorded before scaling back: were it lost after the consumers ran again,
+                // the next pass would move their progress back a second time.
+                report.write(consumer, &api, ctx).await?;
                 ctx.event(
                     consumer,
                     EventType::Normal,

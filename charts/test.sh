@@ -309,10 +309,27 @@ for KIND in eventtopics eventconsumers webhookingresses; do
   mustnt update customresourcedefinitions.apiextensions.k8s.io/"$CR"
 done
 # The workloads: applied server-side, watched as owned objects, pruned when the spec drops them.
-for KIND in deployments.apps services configmaps poddisruptionbudgets.policy \
-  ingresses.networking.k8s.io httproutes.gateway.networking.k8s.io; do
+for KIND in deployments.apps services configmaps poddisruptionbudgets.policy ingresses.networking.k8s.io; do
   for verb in get list watch create patch delete; do must "$verb" "$KIND" -n "$NS_USER"; done
 done
+# kubectl cannot name a kind the cluster does not serve (no Gateway API here), so the
+# HTTPRoute rights are asked of the API server in a SubjectAccessReview.
+may_httproute() { # verb
+  kubectl create -o jsonpath='{.status.allowed}' -f - <<EOF
+apiVersion: authorization.k8s.io/v1
+kind: SubjectAccessReview
+spec:
+  user: $SA
+  groups: [system:serviceaccounts, "system:serviceaccounts:$NS_OPERATOR", system:authenticated]
+  resourceAttributes: {namespace: $NS_USER, verb: $1, group: gateway.networking.k8s.io, resource: httproutes}
+EOF
+}
+for verb in get list watch create patch delete; do
+  [ "$(may_httproute "$verb")" = true ] || fail "the operator's ServiceAccount cannot: $verb httproutes.gateway.networking.k8s.io"
+done
+for verb in get create patch; do must "$verb" persistentvolumeclaims -n "$NS_USER"; done
+mustnt delete persistentvolumeclaims -n "$NS_USER"
+must list pods -n "$NS_USER"
 must create events.events.k8s.io -n "$NS_USER"
 must patch events.events.k8s.io -n "$NS_USER"
 must create leases.coordination.k8s.io -n "$NS_OPERATOR"
@@ -329,6 +346,8 @@ mustnt delete namespaces/"$NS_USER"
 mustnt delete namespaces
 mustnt create pods -n "$NS_USER"
 mustnt delete pods -n "$NS_USER"
+mustnt get pods/log -n "$NS_USER"
+mustnt create pods/exec -n "$NS_USER"
 mustnt create daemonsets.apps -n "$NS_USER"
 mustnt create statefulsets.apps -n "$NS_USER"
 mustnt create roles.rbac.authorization.k8s.io -n "$NS_USER"

@@ -110,6 +110,15 @@ argocd.argoproj.io/sync-wave: {{ .Values.argocd.syncWaves.operator | quote }}
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
+# A WebhookIngress whose spool is a claim: created from the spec, never deleted (it may
+# hold spooled events).
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["get", "create", "patch"]
+# A replay waits until no Pod of the consumer runs before it moves the group's offsets.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
 # A WebhookIngress with `expose`: an Ingress, or a Gateway API HTTPRoute when those CRDs
 # are installed.
 - apiGroups: ["networking.k8s.io"]

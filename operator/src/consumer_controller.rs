@@ -672,7 +672,8 @@ fn observe_kafka_blocking(
     let mut config = kafka.clone();
     config
         .set("group.id", group)
-        .set("enable.auto.commit", "false");
+        .set("enable.auto.commit", "false")
+        .set("client.id", "bridge-operator-lag");
     let consumer: BaseConsumer = config.create()?;
 
     let partitions_of = |topic: &str| -> Result<i32, KafkaError> {

@@ -420,8 +420,8 @@ topic_exists() { # name: the broker knows the topic
     | "$PYTHON" -c 'import json, sys; t = json.load(sys.stdin)["topics"]; sys.exit(0 if t and not t[0].get("error") and t[0]["partitions"] else 1)'
 }
 topic_missing() { ! topic_exists "$1"; }
-ready() { # namespace, name: Ready=True for the current generation
-  [ "$(kubectl -n "$1" get eventtopic "$2" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}/{.status.observedGeneration}/{.metadata.generation}' \
+ready() { # namespace, name[, kind]: Ready=True for the current generation
+  [ "$(kubectl -n "$1" get "${3:-eventtopic}" "$2" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}/{.status.observedGeneration}/{.metadata.generation}' \
     | awk -F/ '{print ($1 == "True" && $2 == $3) ? "yes" : "no"}')" = yes ]
 }
 REPLICA_A=$ID-replica-a
@@ -440,15 +440,17 @@ pass "two replicas as the chart's ServiceAccount: $REPLICA_A leads through the L
 RETAINED=$ID-retained
 DELETED=$ID-deleted
 CREATED_TOPICS=("$RETAINED" "$DELETED")
-sed "s/NAME_RETAINED/$RETAINED/; s/NAME_DELETED/$DELETED/" "$TESTS/user-topics.yaml" > "$WORK/user-topics.yaml"
-kubectl apply --server-side -n "$NS_USER" -f "$WORK/user-topics.yaml" >/dev/null
+sed "s/NAME_RETAINED/$RETAINED/; s/NAME_DELETED/$DELETED/" "$TESTS/user-objects.yaml" > "$WORK/user-objects.yaml"
+kubectl apply --server-side -n "$NS_USER" -f "$WORK/user-objects.yaml" >/dev/null
 wait_for "EventTopic $RETAINED to be Ready" ready "$NS_USER" "$RETAINED"
 wait_for "EventTopic $DELETED to be Ready" ready "$NS_USER" "$DELETED"
+wait_for "WebhookIngress hooks to be Ready" ready "$NS_USER" hooks webhookingress
+wait_for "EventConsumer sink to be Ready" ready "$NS_USER" sink eventconsumer
 wait_for "Kafka topic $RETAINED" topic_exists "$RETAINED"
 [ "$(kubectl -n "$NS_USER" get eventtopic "$DELETED" -o jsonpath='{.metadata.finalizers}')" != "" ] \
   || fail "the Delete-policy EventTopic has no finalizer"
-if ! kubectl diff --server-side -n "$NS_USER" -f "$WORK/user-topics.yaml" > "$WORK/diff.out" 2>&1; then
-  cat "$WORK/diff.out" >&2; fail "kubectl diff --server-side of the reconciled EventTopics is not empty"
+if ! kubectl diff --server-side -n "$NS_USER" -f "$WORK/user-objects.yaml" > "$WORK/diff.out" 2>&1; then
+  cat "$WORK/diff.out" >&2; fail "kubectl diff --server-side of the reconciled user objects is not empty"
 fi
 helm get manifest "$RELEASE" -n "$NS_OPERATOR" > "$WORK/release.yaml"
 if ! kubectl diff --server-side -f "$WORK/release.yaml" > "$WORK/diff.out" 2>&1; then
@@ -461,7 +463,7 @@ versions() { kubectl get -f crds/ -o jsonpath='{range .items[*]}{.metadata.resou
 crd_versions=$(versions)
 timeout 60 kubectl apply --server-side -f crds/ >/dev/null
 [ "$(versions)" = "$crd_versions" ] || fail "applying crds/ again changed the CRDs"
-pass "GitOps idempotence: no diff for reconciled EventTopics, the release, crds/; re-applying crds/ writes nothing"
+pass "GitOps idempotence: no diff for reconciled EventTopics, WebhookIngress, EventConsumer, the release, crds/; re-applying crds/ writes nothing"
 
 # Failover: the leader stops (it releases the Lease), the standby takes over and reconciles.
 stop_operator "$REPLICA_A"

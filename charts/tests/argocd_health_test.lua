@@ -77,6 +77,21 @@ expect("status without observedGeneration -> Progressing", {
   status = { conditions = { ready("True", "TopicReady", "ok") } },
 }, "Progressing")
 
+expect("EventConsumer replaying -> Progressing", {
+  kind = "EventConsumer", metadata = { name = "a", generation = 3 },
+  status = { observedGeneration = 3, conditions = { ready("False", "Replaying", "waiting for 1 pod to stop") } },
+}, "Progressing", "Replaying")
+
+expect("WebhookIngress rolling out -> Progressing", {
+  kind = "WebhookIngress", metadata = { name = "a", generation = 2 },
+  status = { observedGeneration = 2, conditions = { ready("False", "Progressing", "rolling out Deployment a-receiver: 1 of 2 replicas updated") } },
+}, "Progressing", "1 of 2")
+
+expect("WebhookIngress with a missing Secret -> Degraded", {
+  kind = "WebhookIngress", metadata = { name = "a", generation = 2 },
+  status = { observedGeneration = 2, conditions = { ready("False", "SecretNotFound", "Secret team-a/github does not exist") } },
+}, "Degraded", "SecretNotFound")
+
 expect("Conflict -> Degraded", {
   metadata = { name = "b", generation = 1 },
   status = { observedGeneration = 1, conditions = {

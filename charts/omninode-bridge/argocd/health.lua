@@ -57,6 +57,15 @@ if ready.status == "True" then
   return hs
 end
 
+-- Reasons that mean "on its way" rather than "broken": a workload rolling out or waiting
+-- for its replicas, a consumer replaying (its replicas are stopped on purpose).
+local transient = { Progressing = true, ReplicasNotReady = true, Replaying = true }
+if ready.reason ~= nil and transient[ready.reason] then
+  hs.status = "Progressing"
+  hs.message = ready.reason .. ": " .. (ready.message or "")
+  return hs
+end
+
 if ready.reason ~= nil and ready.reason ~= "" then
   hs.status = "Degraded"
   hs.message = ready.reason .. ": " .. (ready.message or "")

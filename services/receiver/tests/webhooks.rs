@@ -507,8 +507,19 @@ async fn webhooks_of_every_auth_kind_arrive_as_cloudevents_and_bad_ones_publish_
     );
 }
 
+/// Concurrent senders in R4, each posting one event after another until the receiver stops
+/// taking requests.
+const SIGTERM_SENDERS: usize = 200;
+/// Events answered before SIGTERM is sent, so it lands in the middle of the load.
+const SIGTERM_AFTER_ANSWERS: u64 = 1000;
+
+/// R4: SIGTERM in the middle of a load of 200 concurrent senders. Every request answered
+/// 2xx is on Kafka (or, if it was spooled, arrives at the next start), the open requests
+/// are finished rather than cut, and the process says `stopping` and exits 0.
 #[tokio::test]
-async fn sigterm_finishes_open_requests_says_stopping_and_exits_zero() {
+async fn sigterm_mid_load_finishes_open_requests_loses_nothing_and_exits_zero() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let Setup {
         stack,
         topic,
@@ -517,25 +528,74 @@ async fn sigterm_finishes_open_requests_says_stopping_and_exits_zero() {
         ..
     } = setup().await;
     let url = format!("{}/bearer", receiver.url);
-    let senders: Vec<_> = (0..40)
-        .map(|n| {
-            let url = url.clone();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(SIGTERM_SENDERS)
+        .build()
+        .unwrap();
+    let answered = Arc::new(AtomicU64::new(0));
+    let signalled = Arc::new(AtomicBool::new(false));
+    let answered_after_signal = Arc::new(AtomicU64::new(0));
+    let senders: Vec<_> = (0..SIGTERM_SENDERS)
+        .map(|sender| {
+            let (client, url) = (client.clone(), url.clone());
+            let (answered, signalled, answered_after_signal) = (
+                answered.clone(),
+                signalled.clone(),
+                answered_after_signal.clone(),
+            );
             tokio::spawn(async move {
-                let headers = [
-                    ("Authorization", "Bearer s3cret-token".to_owned()),
-                    ("X-Workflow", format!("wf-{}", n % 4)),
-                ];
-                post(url, &headers, format!("{{\"n\":{n}}}").as_bytes()).await
+                // (sender, step, status) of every 2xx, and how many requests were sent.
+                let mut acknowledged = Vec::new();
+                let mut sent = 0u64;
+                for step in 0..10_000u64 {
+                    sent += 1;
+                    let response = client
+                        .post(&url)
+                        .header("Authorization", "Bearer s3cret-token")
+                        .header("X-Workflow", format!("wf-{}", sender % 20))
+                        .body(format!("{{\"sender\":{sender},\"step\":{step}}}"))
+                        .send()
+                        .await;
+                    match response {
+                        Ok(response) if response.status() == 200 => {
+                            if signalled.load(Ordering::SeqCst) {
+                                answered_after_signal.fetch_add(1, Ordering::SeqCst);
+                            }
+                            answered.fetch_add(1, Ordering::SeqCst);
+                            // A 2xx counts even if its body is cut: the receiver said yes.
+                            let status = match response.json::<serde_json::Value>().await {
+                                Ok(body) => body["status"].as_str().unwrap_or("?").to_owned(),
+                                Err(_) => "?".to_owned(),
+                            };
+                            acknowledged.push((sender, step, status));
+                        }
+                        // Refused, or the connection closed: the receiver is stopping.
+                        _ => break,
+                    }
+                }
+                (acknowledged, sent)
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    let counter = answered.clone();
+    bridge_e2e::eventually(
+        &format!("{SIGTERM_AFTER_ANSWERS} answers before SIGTERM"),
+        Duration::from_secs(60),
+        || {
+            let n = counter.load(Ordering::SeqCst);
+            async move { (n >= SIGTERM_AFTER_ANSWERS).then_some(()) }
+        },
+    )
+    .await;
+    signalled.store(true, Ordering::SeqCst);
     receiver.signal("TERM");
     let mut acknowledged = Vec::new();
+    let mut sent = 0;
     for sender in senders {
-        if let Ok((200, body, _)) = sender.await {
-            acknowledged.push(body["id"].as_str().unwrap().to_owned());
-        }
+        let (mine, my_sent) = sender.await.unwrap();
+        acknowledged.extend(mine);
+        sent += my_sent;
     }
     assert_eq!(
         receiver.wait_exit(Duration::from_secs(30)).await,
@@ -543,18 +603,46 @@ async fn sigterm_finishes_open_requests_says_stopping_and_exits_zero() {
         "{}",
         receiver.log()
     );
-    let messages = read_topic(&stack, &topic, acknowledged.len(), Duration::from_secs(30)).await;
-    let on_kafka: std::collections::HashSet<_> =
-        messages.iter().filter_map(|m| header(m, "ce_id")).collect();
-    for id in &acknowledged {
-        assert!(
-            on_kafka.contains(id.as_str()),
-            "event {id} was acknowledged but is not on Kafka"
-        );
+    let after_signal = answered_after_signal.load(Ordering::SeqCst);
+    let spooled = acknowledged
+        .iter()
+        .filter(|(_, _, s)| s == "spooled")
+        .count();
+    if spooled > 0 {
+        // Spooled events reach Kafka when the receiver starts again.
+        receiver.spawn().await;
     }
+    let messages = read_topic(&stack, &topic, acknowledged.len(), Duration::from_secs(60)).await;
+    let on_kafka: std::collections::HashSet<(u64, u64)> = messages
+        .iter()
+        .filter_map(|m| {
+            let body: serde_json::Value = serde_json::from_slice(m.payload()?).ok()?;
+            Some((body["sender"].as_u64()?, body["step"].as_u64()?))
+        })
+        .collect();
+    let missing: Vec<_> = acknowledged
+        .iter()
+        .filter(|(sender, step, _)| !on_kafka.contains(&(*sender as u64, *step)))
+        .collect();
+    eprintln!(
+        "R4: {SIGTERM_SENDERS} concurrent senders, {sent} requests sent, {} answered 2xx ({after_signal} of them after SIGTERM, {spooled} spooled), {} records on Kafka, {} missing",
+        acknowledged.len(),
+        messages.len(),
+        missing.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "answered 2xx but not on Kafka: {missing:?}"
+    );
+    assert!(
+        after_signal > 0,
+        "no request open at SIGTERM was finished with a 2xx"
+    );
     let lifecycle = read_topic(&stack, &lifecycle_topic, 3, Duration::from_secs(20)).await;
-    assert_eq!(
-        lifecycle.last().and_then(|m| header(m, "ce_type")),
-        Some("io.omninode.bridge.service.stopping")
+    assert!(
+        lifecycle
+            .iter()
+            .any(|m| header(m, "ce_type") == Some("io.omninode.bridge.service.stopping")),
+        "no stopping event"
     );
 }

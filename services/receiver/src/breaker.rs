@@ -60,6 +60,12 @@ impl Breaker {
         inner.state
     }
 
+    /// The state as it stands, without moving an open breaker whose wait has passed to
+    /// half-open (only the drainer's probing should do that).
+    pub fn current(&self) -> BreakerState {
+        self.lock().state
+    }
+
     /// When an open breaker lets the next probe through.
     pub fn probe_at(&self) -> Instant {
         self.lock().open_until

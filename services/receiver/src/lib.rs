@@ -20,11 +20,11 @@ use bridge_events::{LifecyclePhase, lifecycle_event};
 use bridge_runtime::Readiness;
 use prometheus_client::registry::Registry;
 
-use crate::breaker::Breaker;
+use crate::breaker::{Breaker, BreakerState};
 use crate::config::ReceiverConfig;
 use crate::publisher::Publisher;
 use crate::server::{AuditLimiter, Receiver, Route};
-use crate::spool::Spool;
+use crate::spool::{Spool, SpoolFull};
 
 pub const SERVICE: &str = "hook-receiver";
 
@@ -81,12 +81,13 @@ pub async fn run(
             "recovered the spool of an earlier run; it drains before new events"
         );
     }
+    let spool = Arc::new(spool);
     let breaker = Arc::new(Breaker::new(config.breaker.clone(), metrics.clone()));
     let producer = publisher::create_producer(&config.kafka, breaker.clone())?;
     let publisher = Publisher::new(
         producer,
-        Arc::new(spool),
-        breaker,
+        spool.clone(),
+        breaker.clone(),
         config.publish_timeout,
         metrics.clone(),
     );
@@ -145,18 +146,19 @@ pub async fn run(
     })?;
     let admin = tokio::spawn(admin);
 
+    let gate = Arc::new(ReadinessGate::new(readiness));
     let signalled = Arc::new(tokio::sync::Notify::new());
     let stop_intake = {
         let signalled = signalled.clone();
-        let readiness = readiness.clone();
+        let gate = gate.clone();
         async move {
             shutdown.await;
-            readiness.set_not_ready("shutting down");
+            gate.stop("shutting down");
             signalled.notify_one();
         }
     };
     tracing::info!(listen = %config.listen, routes = config.routes.len(), "receiving webhooks");
-    readiness.set_ready();
+    let readiness_follower = tokio::spawn(follow_readiness(gate, spool, breaker));
     announce(
         &publisher,
         &config.lifecycle_topic,
@@ -182,6 +184,7 @@ pub async fn run(
     }
 
     tracing::info!("intake stopped; flushing the producer");
+    readiness_follower.abort();
     drainer.abort();
     let stopping = lifecycle_event(SERVICE, &instance, LifecyclePhase::Stopping);
     publisher
@@ -192,6 +195,95 @@ pub async fn run(
     let _ = admin.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What `/readyz` says while the receiver serves: ready, unless the spool is full while
+/// Kafka is away (the breaker is open or half-open). Such a replica can only answer 503, so
+/// a load balancer or a Kubernetes Service should send webhooks to another one. It is ready
+/// again as soon as the spool has room, or Kafka is back (the breaker closed: the drain
+/// then makes room).
+pub fn serving_readiness(
+    spool_full: Option<SpoolFull>,
+    breaker: BreakerState,
+) -> Result<(), String> {
+    let kafka = match breaker {
+        BreakerState::Closed => return Ok(()),
+        BreakerState::Open => "open",
+        BreakerState::HalfOpen => "half-open",
+    };
+    match spool_full {
+        None => Ok(()),
+        Some(full) => Err(format!(
+            "spool full: {full}, and Kafka is unavailable (circuit breaker {kafka}); new webhooks get 503 until the spool has room or Kafka is back"
+        )),
+    }
+}
+
+/// `/readyz` after start: the serving verdict, until shutdown makes it not ready for good.
+struct ReadinessGate {
+    readiness: Readiness,
+    state: std::sync::Mutex<Gate>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gate {
+    Starting,
+    Ready,
+    NotReady,
+    Stopping,
+}
+
+impl ReadinessGate {
+    fn new(readiness: Readiness) -> Self {
+        Self {
+            readiness,
+            state: std::sync::Mutex::new(Gate::Starting),
+        }
+    }
+
+    /// Applies the serving verdict, unless shutdown has begun.
+    fn serve(&self, verdict: Result<(), String>) {
+        let mut gate = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match (*gate, verdict) {
+            (Gate::Stopping, _) => {}
+            (was, Ok(())) => {
+                if was == Gate::NotReady {
+                    tracing::info!("ready again: the spool has room or Kafka is back");
+                }
+                self.readiness.set_ready();
+                *gate = Gate::Ready;
+            }
+            (was, Err(reason)) => {
+                if was != Gate::NotReady {
+                    tracing::warn!(%reason, "not ready");
+                }
+                self.readiness.set_not_ready(reason);
+                *gate = Gate::NotReady;
+            }
+        }
+    }
+
+    /// Not ready from now on, whatever the spool and the breaker do.
+    fn stop(&self, reason: &str) {
+        let mut gate = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        *gate = Gate::Stopping;
+        self.readiness.set_not_ready(reason);
+    }
+}
+
+/// Keeps `/readyz` in step with the spool and the breaker: at each change of either, and
+/// every second (so the figures in the reason stay current).
+async fn follow_readiness(gate: Arc<ReadinessGate>, spool: Arc<Spool>, breaker: Arc<Breaker>) {
+    let mut full = spool.subscribe_full();
+    let mut breaker_states = breaker.subscribe();
+    loop {
+        gate.serve(serving_readiness(spool.full(), breaker.current()));
+        tokio::select! {
+            changed = full.changed() => if changed.is_err() { return },
+            changed = breaker_states.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
 }
 
 /// Lifecycle events are informational: published in the background, never blocking intake.
@@ -210,4 +302,125 @@ fn announce(publisher: &Arc<Publisher>, topic: &str, instance: &str, phase: Life
             );
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: SpoolFull = SpoolFull {
+        used_bytes: 8000,
+        max_bytes: 8192,
+        refused_bytes: 300,
+    };
+
+    #[test]
+    fn only_a_full_spool_with_kafka_away_makes_the_receiver_unready() {
+        assert_eq!(serving_readiness(None, BreakerState::Closed), Ok(()));
+        assert_eq!(serving_readiness(None, BreakerState::Open), Ok(()));
+        assert_eq!(serving_readiness(None, BreakerState::HalfOpen), Ok(()));
+        // Kafka is back: the drain makes room, the replica stays in rotation.
+        assert_eq!(serving_readiness(Some(FULL), BreakerState::Closed), Ok(()));
+        let open = serving_readiness(Some(FULL), BreakerState::Open).unwrap_err();
+        assert!(
+            open.starts_with("spool full: 8000 of 8192 bytes used"),
+            "{open}"
+        );
+        assert!(open.contains("circuit breaker open"), "{open}");
+        let probing = serving_readiness(Some(FULL), BreakerState::HalfOpen).unwrap_err();
+        assert!(probing.contains("circuit breaker half-open"), "{probing}");
+    }
+
+    #[test]
+    fn after_shutdown_begins_no_verdict_makes_the_receiver_ready() {
+        let readiness = Readiness::new("starting");
+        let gate = ReadinessGate::new(readiness.clone());
+        assert_eq!(readiness.check(), Err("starting".into()));
+        gate.serve(Ok(()));
+        assert_eq!(readiness.check(), Ok(()));
+        gate.serve(Err("spool full: x".into()));
+        assert_eq!(readiness.check(), Err("spool full: x".into()));
+        gate.serve(Ok(()));
+        assert_eq!(readiness.check(), Ok(()));
+        gate.stop("shutting down");
+        gate.serve(Ok(()));
+        assert_eq!(readiness.check(), Err("shutting down".into()));
+    }
+
+    /// The follower with a real spool and breaker: unready once the spool refuses an event
+    /// while the breaker is open, ready when Kafka is back, unready again when it goes, and
+    /// ready once a drain has made room.
+    #[tokio::test]
+    async fn readiness_follows_the_spool_and_the_breaker() {
+        use crate::spool::SpoolRecord;
+        let dir = std::env::temp_dir().join(format!(
+            "hook-receiver-readiness-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        let record = |n: u32| SpoolRecord {
+            topic: "t".into(),
+            key: b"k".to_vec(),
+            headers: vec![],
+            value: format!("{{\"n\":{n:04}}}").into_bytes(),
+        };
+        let metrics = metrics::Metrics::default();
+        // Room for three records, a segment per record, so draining one frees room.
+        let (spool, _) = Spool::open(&dir, 3 * 40, 1, metrics.clone()).unwrap();
+        let spool = Arc::new(spool);
+        let writer = spool.start_writer();
+        let breaker = Arc::new(Breaker::new(
+            config::BreakerConfig {
+                failure_threshold: 3,
+                open_for: Duration::from_secs(60),
+                max_open_for: Duration::from_secs(60),
+            },
+            metrics,
+        ));
+        let readiness = Readiness::new("starting");
+        let gate = Arc::new(ReadinessGate::new(readiness.clone()));
+        let follower = tokio::spawn(follow_readiness(gate, spool.clone(), breaker.clone()));
+        let settled = |want_ready: bool| {
+            let readiness = readiness.clone();
+            async move {
+                for _ in 0..200 {
+                    if readiness.check().is_ok() == want_ready {
+                        return readiness.check();
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                panic!(
+                    "readiness did not become {want_ready}: {:?}",
+                    readiness.check()
+                );
+            }
+        };
+        settled(true).await.unwrap();
+
+        breaker.brokers_down("test: all brokers down");
+        let mut appended = 0;
+        loop {
+            let result = writer.append(&spool, &record(appended)).await.unwrap();
+            if result.is_err() {
+                break;
+            }
+            appended += 1;
+        }
+        assert!(appended >= 1, "at least one record fits");
+        let reason = settled(false).await.unwrap_err();
+        assert!(reason.starts_with("spool full: "), "{reason}");
+
+        breaker.brokers_up();
+        breaker.record_success();
+        settled(true).await.unwrap();
+        breaker.brokers_down("test: all brokers down again");
+        settled(false).await.unwrap_err();
+
+        // The drain takes the oldest record: its segment is deleted and there is room.
+        let batch = spool.read_batch(1, u64::MAX);
+        spool.commit(batch[0].1, 1);
+        assert_eq!(spool.full(), None);
+        settled(true).await.unwrap();
+        follower.abort();
+    }
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::metrics::Metrics;
 
@@ -94,6 +94,27 @@ pub enum SpoolError {
     Io(String),
 }
 
+/// The spool cannot take the next event: an append was refused for lack of room, and an
+/// event of that size would still not fit. Cleared once draining has freed enough room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpoolFull {
+    /// Bytes of segment files on disk (drained records count until their segment is deleted).
+    pub used_bytes: u64,
+    pub max_bytes: u64,
+    /// The smallest frame refused since the spool last had room.
+    pub refused_bytes: u64,
+}
+
+impl std::fmt::Display for SpoolFull {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} of {} bytes used, a {}-byte event does not fit",
+            self.used_bytes, self.max_bytes, self.refused_bytes
+        )
+    }
+}
+
 /// What recovery found on start.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Recovery {
@@ -112,6 +133,8 @@ struct State {
     next_segment: u64,
     /// The writer has bytes in flight on the tail segment, which must not be deleted.
     writing: bool,
+    /// The smallest frame refused for lack of room since the spool last had room for it.
+    refused: Option<u64>,
 }
 
 pub struct Spool {
@@ -121,6 +144,8 @@ pub struct Spool {
     state: Mutex<State>,
     /// Appends handed to the writer and not yet written.
     pending: AtomicU64,
+    /// Whether the spool is full (see `SpoolFull`); changes are what readiness follows.
+    full: watch::Sender<bool>,
     metrics: Metrics,
 }
 
@@ -247,8 +272,10 @@ impl Spool {
                 tail: None,
                 next_segment,
                 writing: false,
+                refused: None,
             }),
             pending: AtomicU64::new(0),
+            full: watch::Sender::new(false),
             metrics,
         };
         spool.update_gauges(&spool.lock());
@@ -276,6 +303,50 @@ impl Spool {
 
     pub fn undrained_records(&self) -> u64 {
         self.lock().undrained_records
+    }
+
+    /// `Some` while the spool refuses events for lack of room (see `SpoolFull`).
+    pub fn full(&self) -> Option<SpoolFull> {
+        let state = self.lock();
+        state.refused.map(|refused_bytes| SpoolFull {
+            used_bytes: state.segments.values().sum(),
+            max_bytes: self.max_bytes,
+            refused_bytes,
+        })
+    }
+
+    /// Changes of `full().is_some()`.
+    pub fn subscribe_full(&self) -> watch::Receiver<bool> {
+        self.full.subscribe()
+    }
+
+    /// Notes a refused frame, or clears the mark once a frame of the refused size fits
+    /// again; tells subscribers when that flips.
+    fn update_full(&self, state: &mut State, refused_now: Option<u64>) {
+        if let Some(size) = refused_now {
+            state.refused = Some(state.refused.map_or(size, |earlier| earlier.min(size)));
+        } else if let Some(refused) = state.refused {
+            let used: u64 = state.segments.values().sum();
+            if used + refused <= self.max_bytes {
+                state.refused = None;
+            }
+        }
+        let full = state.refused.is_some();
+        self.full.send_if_modified(|was| {
+            if *was == full {
+                return false;
+            }
+            if full {
+                tracing::warn!(
+                    max_bytes = self.max_bytes,
+                    "the spool is full: events that cannot reach Kafka are refused with 503"
+                );
+            } else {
+                tracing::info!("the spool has room again");
+            }
+            *was = full;
+            true
+        });
     }
 
     /// Starts the writer thread: it takes appends in order, writes each group with one
@@ -308,15 +379,20 @@ impl Spool {
         let prepared = {
             let mut state = self.lock();
             let mut on_disk: u64 = state.segments.values().sum();
+            let mut refused: Option<u64> = None;
             for append in group {
                 let size = append.frame.len() as u64;
                 if on_disk + size > self.max_bytes {
+                    refused = Some(refused.map_or(size, |r| r.min(size)));
                     let _ = append.done.send(Err(SpoolError::Full));
                     continue;
                 }
                 on_disk += size;
                 bytes.extend_from_slice(&append.frame);
                 accepted.push(append.done);
+            }
+            if refused.is_some() {
+                self.update_full(&mut state, refused);
             }
             if accepted.is_empty() {
                 Ok(None)
@@ -487,6 +563,7 @@ impl Spool {
             state.segments.remove(&id);
             remove_file_logged(&segment_path(&self.dir, id));
         }
+        self.update_full(&mut state, None);
         if let Err(error) = write_checkpoint(&self.dir, position) {
             // Only costs duplicates after a restart: those records are sent again.
             tracing::warn!(%error, "cannot write the spool checkpoint");
@@ -748,9 +825,23 @@ mod tests {
         .await;
         assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 3);
         assert_eq!(results[3], Err(SpoolError::Full));
+        let mut full = spool.subscribe_full();
+        assert!(*full.borrow_and_update());
+        assert_eq!(
+            spool.full(),
+            Some(SpoolFull {
+                used_bytes: frame_len * 3,
+                max_bytes: frame_len * 3,
+                refused_bytes: frame_len,
+            })
+        );
         let batch = spool.read_batch(10, u64::MAX);
         assert_eq!(batch.len(), 3);
-        spool.commit(batch.last().unwrap().1, 3);
+        spool.commit(batch[0].1, 1);
+        assert!(spool.full().is_some(), "nothing deleted yet, so no room");
+        spool.commit(batch.last().unwrap().1, 2);
+        assert_eq!(spool.full(), None);
+        assert!(full.has_changed().unwrap() && !*full.borrow_and_update());
         let again = append_all(&spool, &writer, &[record("k", 9)]).await;
         assert_eq!(again, vec![Ok(())]);
         assert_eq!(spool.undrained_records(), 1);

@@ -1,5 +1,7 @@
-//! R5 and R9: a full spool answers 503 with Retry-After and loses nothing it acknowledged;
-//! a client that stops sending its body is cut off by the read timeout. Kafka is kept away
+//! R5 and R9: a full spool answers 503 with Retry-After and loses nothing it acknowledged,
+//! and `/readyz` says 503 ("spool full: ...") while the spool is full and Kafka away, so
+//! traffic goes to other replicas; a client that stops sending its body is cut off by the
+//! read timeout. Kafka is kept away
 //! by a bootstrap address nothing listens on, so the shared brokers are not disturbed.
 
 mod common;
@@ -7,7 +9,15 @@ mod common;
 use std::io::{Read, Write};
 use std::time::Duration;
 
+use bridge_e2e::eventually;
 use common::*;
+
+async fn readyz(receiver: &Receiver) -> (u16, String) {
+    let response = reqwest::get(format!("{}/readyz", receiver.admin_url))
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
 
 #[tokio::test]
 async fn a_full_spool_answers_503_with_retry_after_and_loses_nothing_acknowledged() {
@@ -72,6 +82,21 @@ async fn a_full_spool_answers_503_with_retry_after_and_loses_nothing_acknowledge
     assert_eq!(refused.headers()["retry-after"], "5");
     assert!(acknowledged.len() > 5, "{} fit", acknowledged.len());
 
+    // A replica that can only answer 503 takes itself out of rotation.
+    let text = receiver.metrics().await;
+    assert_ne!(
+        metric(&text, "hook_receiver_breaker_state"),
+        Some(0.0),
+        "Kafka is unreachable, so the breaker is not closed: {text}"
+    );
+    let (status, reason) = readyz(&receiver).await;
+    assert_eq!(status, 503, "{reason}");
+    assert!(reason.starts_with("spool full: "), "{reason}");
+    assert!(reason.contains("Kafka is unavailable"), "{reason}");
+    // And stays out while nothing changes (the reason is refreshed, not dropped).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(readyz(&receiver).await.0, 503);
+
     // Kafka comes back (here: the receiver is pointed at it): everything acknowledged
     // arrives, and the drained spool takes events again.
     receiver.signal("TERM");
@@ -90,6 +115,25 @@ async fn a_full_spool_answers_503_with_retry_after_and_loses_nothing_acknowledge
     let messages = read_topic(&stack, &topic, acknowledged.len(), Duration::from_secs(60)).await;
     let duplicates = assert_all_arrived_in_key_order(&acknowledged, &messages);
     assert_eq!(duplicates, 0);
+    let admin = receiver.admin_url.clone();
+    eventually("the spool to drain", Duration::from_secs(30), || {
+        let admin = admin.clone();
+        async move {
+            let text = reqwest::get(format!("{admin}/metrics"))
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            (metric(&text, "hook_receiver_spool_records") == Some(0.0)).then_some(())
+        }
+    })
+    .await;
+    let (status, reason) = readyz(&receiver).await;
+    assert_eq!(
+        status, 200,
+        "ready again once the spool has drained: {reason}"
+    );
     let next = acknowledged.len() as u64 + 1;
     let response = post(next).await.unwrap();
     assert_eq!(response.status(), 200);

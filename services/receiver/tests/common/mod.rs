@@ -161,7 +161,12 @@ impl Receiver {
     }
 
     pub async fn spawn(&mut self) {
-        let log = std::fs::File::create(&self.log_path).unwrap();
+        // Appended to, so a restarted receiver's log follows the first run's.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_hook-receiver"))
             .arg("--config")
             .arg(&self.config_path)

@@ -1,8 +1,12 @@
-//! The operator's calls to Kafka's admin API. Topic descriptions from many reconciles are
-//! gathered into one metadata fetch and one DescribeConfigs request, so a resync of
-//! thousands of EventTopics costs a handful of round trips, not thousands.
+//! The operator's calls to Kafka's admin API. Calls of one kind from many reconciles are
+//! gathered for a moment into one admin request ([`Batcher`]): descriptions into one
+//! metadata fetch and one DescribeConfigs request; creations, config
+//! writes, partition increases and deletions into one CreateTopics, AlterConfigs,
+//! CreatePartitions and DeleteTopics request each. A resync of thousands of EventTopics,
+//! drift corrections included, costs a handful of round trips, not thousands.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -10,7 +14,7 @@ use std::time::{Duration, Instant};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{
     AdminClient, AdminOptions, AlterConfig, ConfigSource, NewPartitions, NewTopic,
-    ResourceSpecifier, TopicReplication,
+    OwnedResourceSpecifier, ResourceSpecifier, TopicReplication, TopicResult,
 };
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -21,7 +25,7 @@ use crate::topic_plan::{DesiredTopic, ObservedTopic};
 
 /// How long one admin request may take before Kafka counts as unavailable.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long describe requests wait to join a batch, and the largest batch.
+/// How long calls wait to join a batch, and the largest batch.
 const BATCH_WINDOW: Duration = Duration::from_millis(20);
 const BATCH_MAX: usize = 2_000;
 
@@ -81,52 +85,98 @@ impl AdminError {
     }
 }
 
-type DescribeReply = oneshot::Sender<Result<Option<ObservedTopic>, AdminError>>;
-type CreateReply = oneshot::Sender<Result<(), AdminError>>;
+/// One topic's config set to write (Kafka's AlterConfigs replaces the whole set).
+#[derive(Debug, Clone)]
+struct ConfigWrite {
+    topic: String,
+    configs: BTreeMap<String, String>,
+}
 
-/// A handle on Kafka's admin API, cheap to clone.
+/// A handle on Kafka's admin API, cheap to clone. Every call goes through a [`Batcher`]:
+/// calls of one kind from concurrent reconciles share one admin request.
 #[derive(Clone)]
 pub struct TopicAdmin {
-    admin: Arc<AdminClient<DefaultClientContext>>,
-    describe_requests: mpsc::Sender<(String, DescribeReply)>,
-    create_requests: mpsc::Sender<(DesiredTopic, CreateReply)>,
+    describes: Batcher<String, Option<ObservedTopic>>,
+    creates: Batcher<DesiredTopic, ()>,
+    config_writes: Batcher<ConfigWrite, ()>,
+    partition_increases: Batcher<(String, i32), ()>,
+    deletes: Batcher<String, ()>,
     audit_topic_exists: Arc<AtomicBool>,
-    metrics: Arc<Metrics>,
 }
 
 impl TopicAdmin {
     /// Connects lazily: creating the client never fails because Kafka is down.
     pub fn new(config: &ClientConfig, metrics: Arc<Metrics>) -> Result<Self, KafkaError> {
         let admin: Arc<AdminClient<DefaultClientContext>> = Arc::new(config.create()?);
-        let (describe_requests, requests) = mpsc::channel(BATCH_MAX);
         let audit_topic_exists = Arc::new(AtomicBool::new(false));
-        tokio::spawn(describe_batches(
-            admin.clone(),
-            requests,
-            audit_topic_exists.clone(),
-            metrics.clone(),
-        ));
-        let (create_requests, creates) = mpsc::channel(BATCH_MAX);
-        tokio::spawn(create_batches(admin.clone(), creates, metrics.clone()));
+        let describes = {
+            let (admin, metrics, audit) =
+                (admin.clone(), metrics.clone(), audit_topic_exists.clone());
+            Batcher::spawn(String::as_str, move |names: Vec<String>| {
+                let (admin, metrics, audit) = (admin.clone(), metrics.clone(), audit.clone());
+                async move {
+                    metrics.observe_batch("describe", names.len());
+                    let mut found = describe_topics(&admin, &names, &audit, &metrics).await?;
+                    Ok(names
+                        .into_iter()
+                        .map(|name| {
+                            let observed = found.remove(&name);
+                            (name, Ok(observed))
+                        })
+                        .collect())
+                }
+            })
+        };
+        let creates = {
+            let (admin, metrics) = (admin.clone(), metrics.clone());
+            Batcher::spawn(
+                |topic: &DesiredTopic| topic.name.as_str(),
+                move |topics: Vec<DesiredTopic>| {
+                    let (admin, metrics) = (admin.clone(), metrics.clone());
+                    async move { create_topics(&admin, &metrics, &topics).await }
+                },
+            )
+        };
+        let config_writes = {
+            let (admin, metrics) = (admin.clone(), metrics.clone());
+            Batcher::spawn(
+                |write: &ConfigWrite| write.topic.as_str(),
+                move |writes: Vec<ConfigWrite>| {
+                    let (admin, metrics) = (admin.clone(), metrics.clone());
+                    async move { alter_configs(&admin, &metrics, &writes).await }
+                },
+            )
+        };
+        let partition_increases = {
+            let (admin, metrics) = (admin.clone(), metrics.clone());
+            Batcher::spawn(
+                |(topic, _): &(String, i32)| topic.as_str(),
+                move |increases: Vec<(String, i32)>| {
+                    let (admin, metrics) = (admin.clone(), metrics.clone());
+                    async move { create_partitions(&admin, &metrics, &increases).await }
+                },
+            )
+        };
+        let deletes = {
+            let (admin, metrics) = (admin.clone(), metrics.clone());
+            Batcher::spawn(String::as_str, move |topics: Vec<String>| {
+                let (admin, metrics) = (admin.clone(), metrics.clone());
+                async move { delete_topics(&admin, &metrics, &topics).await }
+            })
+        };
         Ok(Self {
-            admin,
-            describe_requests,
-            create_requests,
+            describes,
+            creates,
+            config_writes,
+            partition_increases,
+            deletes,
             audit_topic_exists,
-            metrics,
         })
     }
 
     /// The topic as the broker reports it, or `None` when it does not exist.
     pub async fn describe(&self, topic: &str) -> Result<Option<ObservedTopic>, AdminError> {
-        let (reply, answer) = oneshot::channel();
-        self.describe_requests
-            .send((topic.to_owned(), reply))
-            .await
-            .map_err(|_| AdminError::Unavailable("the admin client has shut down".into()))?;
-        answer
-            .await
-            .map_err(|_| AdminError::Unavailable("the admin client has shut down".into()))?
+        self.describes.call(topic.to_owned()).await
     }
 
     /// Whether `audit-events` existed at the last description.
@@ -142,60 +192,36 @@ impl TopicAdmin {
 
     /// Creates the topic; creations from many reconciles share one CreateTopics request.
     pub async fn create(&self, topic: &DesiredTopic) -> Result<(), AdminError> {
-        let (reply, answer) = oneshot::channel();
-        self.create_requests
-            .send((topic.clone(), reply))
-            .await
-            .map_err(|_| AdminError::Unavailable("the admin client has shut down".into()))?;
-        answer
-            .await
-            .map_err(|_| AdminError::Unavailable("the admin client has shut down".into()))?
+        self.creates.call(topic.clone()).await
     }
 
-    /// Writes the topic's whole config set (Kafka's AlterConfigs replaces it).
+    /// Writes the topic's whole config set (Kafka's AlterConfigs replaces it); writes from
+    /// many reconciles share one AlterConfigs request.
     pub async fn set_configs(
         &self,
         topic: &str,
         configs: &BTreeMap<String, String>,
     ) -> Result<(), AdminError> {
-        let _timer = self.metrics.admin_call("alter_configs");
-        let mut alter = AlterConfig::new(ResourceSpecifier::Topic(topic));
-        for (key, value) in configs {
-            alter = alter.set(key, value);
-        }
-        let result = self
-            .admin
-            .alter_configs(&[alter], &Self::options())
+        self.config_writes
+            .call(ConfigWrite {
+                topic: topic.to_owned(),
+                configs: configs.clone(),
+            })
             .await
-            .map_err(AdminError::from_kafka)?;
-        match result.into_iter().next() {
-            Some(Ok(_)) => Ok(()),
-            Some(Err((_, code))) => Err(AdminError::from_code(code)),
-            None => Err(AdminError::Unavailable(
-                "no result from AlterConfigs".into(),
-            )),
-        }
     }
 
+    /// Grows the topic to `partitions`; increases from many reconciles share one
+    /// CreatePartitions request.
     pub async fn grow_partitions(&self, topic: &str, partitions: i32) -> Result<(), AdminError> {
-        let _timer = self.metrics.admin_call("create_partitions");
-        let count = usize::try_from(partitions).unwrap_or_default();
-        let result = self
-            .admin
-            .create_partitions(&[NewPartitions::new(topic, count)], &Self::options())
+        self.partition_increases
+            .call((topic.to_owned(), partitions))
             .await
-            .map_err(AdminError::from_kafka)?;
-        single_result(result)
     }
 
+    /// Deletes the topic (a topic already gone counts as deleted); deletions from many
+    /// reconciles share one DeleteTopics request.
     pub async fn delete(&self, topic: &str) -> Result<(), AdminError> {
-        let _timer = self.metrics.admin_call("delete_topics");
-        let result = self
-            .admin
-            .delete_topics(&[topic], &Self::options())
-            .await
-            .map_err(AdminError::from_kafka)?;
-        match single_result(result) {
+        match self.deletes.call(topic.to_owned()).await {
             Err(AdminError::Refused {
                 code: RDKafkaErrorCode::UnknownTopicOrPartition,
                 ..
@@ -205,23 +231,82 @@ impl TopicAdmin {
     }
 }
 
-fn single_result(
-    result: Vec<Result<String, (String, RDKafkaErrorCode)>>,
-) -> Result<(), AdminError> {
-    match result.into_iter().next() {
-        Some(Ok(_)) => Ok(()),
-        Some(Err((_, code))) => Err(AdminError::from_code(code)),
-        None => Err(AdminError::Unavailable("no result from Kafka".into())),
+/// What one admin request answered for each topic of a batch, by topic name; `Err` when
+/// the request as a whole failed.
+type BatchAnswer<Resp> = Result<HashMap<String, Result<Resp, AdminError>>, AdminError>;
+type Reply<Resp> = oneshot::Sender<Result<Resp, AdminError>>;
+
+/// Gathers calls of one kind from concurrent reconciles: the calls waiting now and those
+/// arriving within [`BATCH_WINDOW`] after the first (up to [`BATCH_MAX`]) go to `run` as one
+/// list, and each caller gets the answer for its own topic back. A topic appears at most
+/// once per list (Kafka refuses a request naming a topic twice): a second call for the
+/// same topic goes into the next list, after the first, so calls for one topic keep their
+/// order.
+struct Batcher<Req, Resp> {
+    requests: mpsc::Sender<(Req, Reply<Resp>)>,
+}
+
+impl<Req, Resp> Clone for Batcher<Req, Resp> {
+    fn clone(&self) -> Self {
+        Self {
+            requests: self.requests.clone(),
+        }
     }
 }
 
-/// The requests waiting now, and those arriving within [`BATCH_WINDOW`] after `first`, up
-/// to [`BATCH_MAX`].
-async fn gather<T>(first: T, requests: &mut mpsc::Receiver<T>) -> Vec<T> {
+impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
+    /// Starts the task that serves the batches; it ends when every handle is gone.
+    fn spawn<F, Fut>(key: fn(&Req) -> &str, run: F) -> Self
+    where
+        F: FnMut(Vec<Req>) -> Fut + Send + 'static,
+        Fut: Future<Output = BatchAnswer<Resp>> + Send,
+    {
+        Self::spawn_with(key, BATCH_WINDOW, BATCH_MAX, run)
+    }
+
+    fn spawn_with<F, Fut>(key: fn(&Req) -> &str, window: Duration, max: usize, mut run: F) -> Self
+    where
+        F: FnMut(Vec<Req>) -> Fut + Send + 'static,
+        Fut: Future<Output = BatchAnswer<Resp>> + Send,
+    {
+        let (requests, mut receiver) = mpsc::channel::<(Req, Reply<Resp>)>(max);
+        tokio::spawn(async move {
+            while let Some(first) = receiver.recv().await {
+                let batch = gather(first, &mut receiver, window, max).await;
+                for round in distinct_rounds(batch, |(request, _)| key(request)) {
+                    let (batch, replies): (Vec<Req>, Vec<Reply<Resp>>) = round.into_iter().unzip();
+                    let names: Vec<String> = batch.iter().map(|r| key(r).to_owned()).collect();
+                    let answer = run(batch).await;
+                    route(answer, names.into_iter().zip(replies));
+                }
+            }
+        });
+        Self { requests }
+    }
+
+    /// Queues `request` for the next batch and waits for its answer.
+    async fn call(&self, request: Req) -> Result<Resp, AdminError> {
+        let shut_down = || AdminError::Unavailable("the admin client has shut down".into());
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send((request, reply))
+            .await
+            .map_err(|_| shut_down())?;
+        answer.await.map_err(|_| shut_down())?
+    }
+}
+
+/// The requests waiting now, and those arriving within `window` after `first`, up to `max`.
+async fn gather<T>(
+    first: T,
+    requests: &mut mpsc::Receiver<T>,
+    window: Duration,
+    max: usize,
+) -> Vec<T> {
     let mut batch = vec![first];
-    let window = tokio::time::sleep(BATCH_WINDOW);
+    let window = tokio::time::sleep(window);
     tokio::pin!(window);
-    while batch.len() < BATCH_MAX {
+    while batch.len() < max {
         tokio::select! {
             request = requests.recv() => match request {
                 Some(request) => batch.push(request),
@@ -233,79 +318,150 @@ async fn gather<T>(first: T, requests: &mut mpsc::Receiver<T>) -> Vec<T> {
     batch
 }
 
-/// Serves describe requests in batches until every sender is gone.
-async fn describe_batches(
-    admin: Arc<AdminClient<DefaultClientContext>>,
-    mut requests: mpsc::Receiver<(String, DescribeReply)>,
-    audit_topic_exists: Arc<AtomicBool>,
-    metrics: Arc<Metrics>,
-) {
-    while let Some(first) = requests.recv().await {
-        let batch = gather(first, &mut requests).await;
-        let names: Vec<String> = batch.iter().map(|(name, _)| name.clone()).collect();
-        let result = describe_topics(&admin, &names, &audit_topic_exists, &metrics).await;
-        for (name, reply) in batch {
-            let answer = match &result {
-                Ok(found) => Ok(found.get(&name).cloned()),
-                Err(error) => Err(error.clone()),
-            };
-            let _ = reply.send(answer);
+/// Splits `batch` into lists in which no key appears twice: the n-th item of a key goes
+/// into the n-th list. Order within each list is the order of `batch`.
+fn distinct_rounds<T>(batch: Vec<T>, key: impl Fn(&T) -> &str) -> Vec<Vec<T>> {
+    let mut rounds: Vec<Vec<T>> = Vec::new();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for item in batch {
+        let count = seen.entry(key(&item).to_owned()).or_default();
+        if *count == rounds.len() {
+            rounds.push(Vec::new());
+        }
+        rounds[*count].push(item);
+        *count += 1;
+    }
+    rounds
+}
+
+/// Hands each caller the answer for its topic, or the request's error.
+fn route<Resp>(answer: BatchAnswer<Resp>, callers: impl Iterator<Item = (String, Reply<Resp>)>) {
+    match answer {
+        Ok(mut by_name) => {
+            for (name, reply) in callers {
+                let result = by_name.remove(&name).unwrap_or_else(|| {
+                    Err(AdminError::Unavailable(format!(
+                        "Kafka's answer did not mention topic {name}"
+                    )))
+                });
+                let _ = reply.send(result);
+            }
+        }
+        Err(error) => {
+            for (_, reply) in callers {
+                let _ = reply.send(Err(error.clone()));
+            }
         }
     }
 }
 
-/// Serves create requests in batches (one CreateTopics request each) until every sender is gone.
-async fn create_batches(
-    admin: Arc<AdminClient<DefaultClientContext>>,
-    mut requests: mpsc::Receiver<(DesiredTopic, CreateReply)>,
-    metrics: Arc<Metrics>,
-) {
-    while let Some(first) = requests.recv().await {
-        let batch = gather(first, &mut requests).await;
-        let _timer = metrics.admin_call("create_topics");
-        let new_topics: Vec<NewTopic> = batch
-            .iter()
-            .map(|(topic, _)| {
-                topic.configs.iter().fold(
-                    NewTopic::new(
-                        &topic.name,
-                        topic.partitions,
-                        TopicReplication::Fixed(topic.replication_factor),
-                    ),
-                    |new_topic, (key, value)| new_topic.set(key, value),
-                )
-            })
-            .collect();
-        let results = admin
-            .create_topics(&new_topics, &TopicAdmin::options())
-            .await;
-        match results {
-            Ok(results) => {
-                // Kafka answers per topic, in request order.
-                let mut by_name: HashMap<String, Result<(), AdminError>> = results
-                    .into_iter()
-                    .map(|r| match r {
-                        Ok(name) => (name, Ok(())),
-                        Err((name, code)) => (name, Err(AdminError::from_code(code))),
-                    })
-                    .collect();
-                for (topic, reply) in batch {
-                    let answer = by_name.remove(&topic.name).unwrap_or_else(|| {
-                        Err(AdminError::Unavailable(
-                            "no result from CreateTopics".into(),
-                        ))
-                    });
-                    let _ = reply.send(answer);
-                }
+/// Per-topic results of CreateTopics, CreatePartitions or DeleteTopics, by name.
+fn by_topic(results: Vec<TopicResult>) -> HashMap<String, Result<(), AdminError>> {
+    results
+        .into_iter()
+        .map(|r| match r {
+            Ok(name) => (name, Ok(())),
+            Err((name, code)) => (name, Err(AdminError::from_code(code))),
+        })
+        .collect()
+}
+
+/// One CreateTopics request.
+async fn create_topics(
+    admin: &AdminClient<DefaultClientContext>,
+    metrics: &Metrics,
+    topics: &[DesiredTopic],
+) -> BatchAnswer<()> {
+    metrics.observe_batch("create_topics", topics.len());
+    let _timer = metrics.admin_call("create_topics");
+    let new_topics: Vec<NewTopic> = topics
+        .iter()
+        .map(|topic| {
+            topic.configs.iter().fold(
+                NewTopic::new(
+                    &topic.name,
+                    topic.partitions,
+                    TopicReplication::Fixed(topic.replication_factor),
+                ),
+                |new_topic, (key, value)| new_topic.set(key, value),
+            )
+        })
+        .collect();
+    let results = admin
+        .create_topics(&new_topics, &TopicAdmin::options())
+        .await
+        .map_err(AdminError::from_kafka)?;
+    Ok(by_topic(results))
+}
+
+/// One AlterConfigs request carrying every topic's whole config set.
+async fn alter_configs(
+    admin: &AdminClient<DefaultClientContext>,
+    metrics: &Metrics,
+    writes: &[ConfigWrite],
+) -> BatchAnswer<()> {
+    metrics.observe_batch("alter_configs", writes.len());
+    let _timer = metrics.admin_call("alter_configs");
+    let alters: Vec<AlterConfig> = writes
+        .iter()
+        .map(|write| {
+            write.configs.iter().fold(
+                AlterConfig::new(ResourceSpecifier::Topic(&write.topic)),
+                |alter, (key, value)| alter.set(key, value),
+            )
+        })
+        .collect();
+    let results = admin
+        .alter_configs(&alters, &TopicAdmin::options())
+        .await
+        .map_err(AdminError::from_kafka)?;
+    Ok(results
+        .into_iter()
+        .filter_map(|result| match result {
+            Ok(OwnedResourceSpecifier::Topic(name)) => Some((name, Ok(()))),
+            Err((OwnedResourceSpecifier::Topic(name), code)) => {
+                Some((name, Err(AdminError::from_code(code))))
             }
-            Err(error) => {
-                let error = AdminError::from_kafka(error);
-                for (_, reply) in batch {
-                    let _ = reply.send(Err(error.clone()));
-                }
-            }
-        }
-    }
+            _ => None,
+        })
+        .collect())
+}
+
+/// One CreatePartitions request.
+async fn create_partitions(
+    admin: &AdminClient<DefaultClientContext>,
+    metrics: &Metrics,
+    increases: &[(String, i32)],
+) -> BatchAnswer<()> {
+    metrics.observe_batch("create_partitions", increases.len());
+    let _timer = metrics.admin_call("create_partitions");
+    let new_partitions: Vec<NewPartitions> = increases
+        .iter()
+        .map(|(topic, count)| {
+            NewPartitions::new(topic, usize::try_from(*count).unwrap_or_default())
+        })
+        .collect();
+    let results = admin
+        .create_partitions(&new_partitions, &TopicAdmin::options())
+        .await
+        .map_err(AdminError::from_kafka)?;
+    Ok(by_topic(results))
+}
+
+/// One DeleteTopics request.
+async fn delete_topics(
+    admin: &AdminClient<DefaultClientContext>,
+    metrics: &Metrics,
+    topics: &[String],
+) -> BatchAnswer<()> {
+    metrics.observe_batch("delete_topics", topics.len());
+    let _timer = metrics.admin_call("delete_topics");
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let results = admin
+        .delete_topics(&names, &TopicAdmin::options())
+        .await
+        .map_err(AdminError::from_kafka)?;
+    Ok(by_topic(results))
 }
 
 /// One metadata fetch and one DescribeConfigs request for all of `names`.
@@ -390,4 +546,148 @@ async fn describe_topics(
         );
     }
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Every list a test batcher's "Kafka" was handed, in order.
+    type Requests = Arc<Mutex<Vec<Vec<String>>>>;
+
+    /// A batcher whose "Kafka" records each list it is handed and answers every topic
+    /// with its own name, except topics starting with `bad`, which it refuses.
+    fn recording_batcher(window: Duration, max: usize) -> (Batcher<String, String>, Requests) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let batcher =
+            Batcher::spawn_with(String::as_str, window, max, move |names: Vec<String>| {
+                log.lock().unwrap().push(names.clone());
+                async move {
+                    Ok(names
+                        .into_iter()
+                        .map(|name| {
+                            let answer = if name.starts_with("bad") {
+                                Err(AdminError::Refused {
+                                    code: RDKafkaErrorCode::InvalidConfig,
+                                    message: None,
+                                })
+                            } else {
+                                Ok(format!("answer for {name}"))
+                            };
+                            (name, answer)
+                        })
+                        .collect())
+                }
+            });
+        (batcher, seen)
+    }
+
+    #[tokio::test]
+    async fn concurrent_calls_share_one_request_and_each_gets_its_own_answer() {
+        let (batcher, seen) = recording_batcher(Duration::from_millis(50), 100);
+        let calls = ["a", "bad-b", "c"].map(|name| {
+            let batcher = batcher.clone();
+            tokio::spawn(async move { batcher.call(name.to_owned()).await })
+        });
+        let mut answers = Vec::new();
+        for call in calls {
+            answers.push(call.await.unwrap());
+        }
+        assert_eq!(answers[0].as_deref().unwrap(), "answer for a");
+        assert!(matches!(
+            answers[1],
+            Err(AdminError::Refused {
+                code: RDKafkaErrorCode::InvalidConfig,
+                ..
+            })
+        ));
+        assert_eq!(answers[2].as_deref().unwrap(), "answer for c");
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1, "one request: {seen:?}");
+        let mut names = seen[0].clone();
+        names.sort();
+        assert_eq!(names, ["a", "bad-b", "c"]);
+    }
+
+    #[tokio::test]
+    async fn calls_after_the_window_go_into_the_next_request() {
+        let (batcher, seen) = recording_batcher(Duration::from_millis(10), 100);
+        batcher.call("first".into()).await.unwrap();
+        batcher.call("second".into()).await.unwrap();
+        assert_eq!(*seen.lock().unwrap(), [vec!["first"], vec!["second"]]);
+    }
+
+    #[tokio::test]
+    async fn a_request_carries_at_most_the_largest_batch() {
+        let (batcher, seen) = recording_batcher(Duration::from_millis(50), 2);
+        let calls: Vec<_> = (0..5)
+            .map(|i| {
+                let batcher = batcher.clone();
+                tokio::spawn(async move { batcher.call(format!("t{i}")).await })
+            })
+            .collect();
+        for call in calls {
+            call.await.unwrap().unwrap();
+        }
+        let seen = seen.lock().unwrap();
+        assert!(seen.iter().all(|batch| batch.len() <= 2), "{seen:?}");
+        assert_eq!(seen.iter().map(Vec::len).sum::<usize>(), 5);
+    }
+
+    #[test]
+    fn a_topic_is_named_once_per_request_and_repeats_keep_their_order() {
+        let batch = vec![("a", 1), ("b", 1), ("a", 2), ("c", 1), ("a", 3), ("b", 2)];
+        let rounds = distinct_rounds(batch, |(name, _)| name);
+        assert_eq!(
+            rounds,
+            [
+                vec![("a", 1), ("b", 1), ("c", 1)],
+                vec![("a", 2), ("b", 2)],
+                vec![("a", 3)],
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_request_fails_every_call_in_it_and_a_missing_answer_is_an_error() {
+        let failing: Batcher<String, ()> =
+            Batcher::spawn(String::as_str, |_names: Vec<String>| async {
+                Err(AdminError::Unavailable("all brokers down".into()))
+            });
+        let (one, two) = tokio::join!(failing.call("x".into()), failing.call("y".into()));
+        for answer in [one, two] {
+            assert!(
+                matches!(&answer, Err(AdminError::Unavailable(m)) if m == "all brokers down"),
+                "{answer:?}"
+            );
+        }
+
+        let forgetful: Batcher<String, ()> =
+            Batcher::spawn(String::as_str, |_names: Vec<String>| async {
+                Ok(HashMap::new())
+            });
+        let answer = forgetful.call("x".into()).await;
+        assert!(
+            matches!(&answer, Err(AdminError::Unavailable(m)) if m.contains("topic x")),
+            "{answer:?}"
+        );
+    }
+
+    #[test]
+    fn per_topic_results_are_routed_by_name() {
+        let results = by_topic(vec![
+            Ok("a".to_owned()),
+            Err(("b".to_owned(), RDKafkaErrorCode::TopicAlreadyExists)),
+        ]);
+        assert!(results["a"].is_ok());
+        assert!(matches!(
+            results["b"],
+            Err(AdminError::Refused {
+                code: RDKafkaErrorCode::TopicAlreadyExists,
+                ..
+            })
+        ));
+    }
 }

@@ -37,6 +37,8 @@ pub struct Metrics {
     pub admin_call_duration: Family<OperationLabel, Histogram>,
     /// Admin calls that change Kafka; steady state must leave these still.
     pub kafka_writes: Family<OperationLabel, Counter>,
+    /// Topics per batched admin request, by operation.
+    pub admin_batch_size: Family<OperationLabel, Histogram>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -55,6 +57,10 @@ impl Metrics {
             leader: Gauge::default(),
             admin_call_duration: Family::new_with_constructor(duration_histogram),
             kafka_writes: Family::default(),
+            admin_batch_size: Family::new_with_constructor(|| {
+                // 1 .. 2,048 topics
+                Histogram::new(exponential_buckets(1.0, 2.0, 12))
+            }),
         };
         registry.register(
             "reconciles",
@@ -96,6 +102,11 @@ impl Metrics {
             "Admin calls that changed Kafka, by operation",
             metrics.kafka_writes.clone(),
         );
+        registry.register(
+            "kafka_admin_batch_size",
+            "Topics per batched Kafka admin request, by operation",
+            metrics.admin_batch_size.clone(),
+        );
         metrics
     }
 
@@ -131,6 +142,13 @@ impl Metrics {
             started: Instant::now(),
             _metrics: std::marker::PhantomData,
         }
+    }
+
+    /// Records how many topics one batched admin request carries.
+    pub fn observe_batch(&self, operation: &'static str, topics: usize) {
+        self.admin_batch_size
+            .get_or_create(&OperationLabel { operation })
+            .observe(topics as f64);
     }
 
     pub fn observe_admin_call(&self, operation: &'static str, elapsed: Duration) {

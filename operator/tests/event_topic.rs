@@ -485,3 +485,80 @@ async fn each_change_to_kafka_is_published_on_audit_events() {
         json!([{"field": "partitions", "old": "1", "new": "2"}])
     );
 }
+
+/// The value of the sample `name{labels}` on the operator's /metrics (0 when absent).
+async fn sample(operator: &Operator, name: &str, labels: &str) -> f64 {
+    let body = reqwest::get(format!("http://{}/metrics", operator.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    body.lines()
+        .find_map(|line| line.strip_prefix(&format!("{name}{{{labels}}} ")))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn drift_on_many_topics_at_once_is_corrected_in_one_request_per_kind() {
+    const TOPICS: usize = 10;
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "et-batch").await;
+    let api: Api<EventTopic> = Api::namespaced(client, &ns.name);
+    let topics: Vec<String> = (0..TOPICS).map(|_| unique_name("batch")).collect();
+    for (i, topic) in topics.iter().enumerate() {
+        create(
+            &api,
+            &event_topic(
+                &format!("t{i}"),
+                json!({"topicName": topic, "partitions": 1}),
+            ),
+        )
+        .await;
+    }
+    let mut operator = Operator::start(&[&ns.name]).await;
+    for i in 0..TOPICS {
+        wait_ready(&api, &format!("t{i}"), "True", "TopicReady").await;
+    }
+    // While no operator runs, every topic drifts and every spec asks for more partitions;
+    // the next operator reconciles all of them at once.
+    operator.kill();
+    let broker = Broker::connect();
+    for (i, topic) in topics.iter().enumerate() {
+        broker.set_configs(topic, &[("retention.ms", "1000")]).await;
+        patch_spec(&api, &format!("t{i}"), json!({"partitions": 2})).await;
+    }
+    let operator = Operator::start(&[&ns.name]).await;
+    for topic in &topics {
+        broker
+            .wait_for("configs restored and 2 partitions", topic, |t| {
+                t.is_some_and(|t| {
+                    t.partitions == 2
+                        && t.configs.get("retention.ms").map(String::as_str) == Some("2592000000")
+                })
+            })
+            .await;
+    }
+    // Typically one request each; a loaded machine may spread the reconciles over a few
+    // batch windows, never back to one request per topic.
+    let most = (TOPICS / 2) as f64;
+    for operation in ["alter_configs", "create_partitions"] {
+        let label = format!("operation=\"{operation}\"");
+        let topics_written = sample(
+            &operator,
+            "bridge_operator_kafka_admin_batch_size_sum",
+            &label,
+        )
+        .await;
+        let sent = sample(&operator, "bridge_operator_kafka_writes_total", &label).await;
+        assert_eq!(
+            topics_written, TOPICS as f64,
+            "{operation}: every topic written once"
+        );
+        assert!(
+            sent <= most,
+            "{operation}: {TOPICS} topics in {sent} requests, expected at most {most}"
+        );
+    }
+}

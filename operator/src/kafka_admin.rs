@@ -1,6 +1,6 @@
 //! The operator's calls to Kafka's admin API. Calls of one kind from many reconciles are
 //! gathered for a moment into one admin request ([`Batcher`]): descriptions into one
-//! metadata fetch and one DescribeConfigs request; creations, config
+//! metadata fetch, one DescribeConfigs and one DescribeTopics request; creations, config
 //! writes, partition increases and deletions into one CreateTopics, AlterConfigs,
 //! CreatePartitions and DeleteTopics request each. A resync of thousands of EventTopics,
 //! drift corrections included, costs a handful of round trips, not thousands.
@@ -101,6 +101,7 @@ pub struct TopicAdmin {
     config_writes: Batcher<ConfigWrite, ()>,
     partition_increases: Batcher<(String, i32), ()>,
     deletes: Batcher<String, ()>,
+    topic_ids: Batcher<String, Option<String>>,
     audit_topic_exists: Arc<AtomicBool>,
 }
 
@@ -164,12 +165,30 @@ impl TopicAdmin {
                 async move { delete_topics(&admin, &metrics, &topics).await }
             })
         };
+        let topic_ids = {
+            let (admin, metrics) = (admin.clone(), metrics.clone());
+            Batcher::spawn(String::as_str, move |names: Vec<String>| {
+                let (admin, metrics) = (admin.clone(), metrics.clone());
+                async move {
+                    metrics.observe_batch("describe_topics", names.len());
+                    let mut ids = topic_ids(&admin, &names, &metrics).await?;
+                    Ok(names
+                        .into_iter()
+                        .map(|name| {
+                            let id = ids.remove(&name);
+                            (name, Ok(id))
+                        })
+                        .collect())
+                }
+            })
+        };
         Ok(Self {
             describes,
             creates,
             config_writes,
             partition_increases,
             deletes,
+            topic_ids,
             audit_topic_exists,
         })
     }
@@ -177,6 +196,12 @@ impl TopicAdmin {
     /// The topic as the broker reports it, or `None` when it does not exist.
     pub async fn describe(&self, topic: &str) -> Result<Option<ObservedTopic>, AdminError> {
         self.describes.call(topic.to_owned()).await
+    }
+
+    /// Kafka's id of the topic (base64, as `kafka-topics --describe` prints it), or `None`
+    /// when the broker does not know the topic (yet) or the lookup failed.
+    pub async fn topic_id(&self, topic: &str) -> Option<String> {
+        self.topic_ids.call(topic.to_owned()).await.ok().flatten()
     }
 
     /// Whether `audit-events` existed at the last description.
@@ -464,6 +489,24 @@ async fn delete_topics(
     Ok(by_topic(results))
 }
 
+/// One DescribeTopics request for the ids of `names` (see [`crate::topic_ids`]).
+async fn topic_ids(
+    admin: &Arc<AdminClient<DefaultClientContext>>,
+    names: &[String],
+    metrics: &Metrics,
+) -> Result<HashMap<String, String>, AdminError> {
+    let started = Instant::now();
+    let (client, owned) = (admin.clone(), names.to_vec());
+    let ids = tokio::task::spawn_blocking(move || {
+        crate::topic_ids::describe(&client, &owned, REQUEST_TIMEOUT)
+    })
+    .await
+    .map_err(|e| AdminError::Unavailable(format!("DescribeTopics task failed: {e}")))?
+    .map_err(AdminError::Unavailable)?;
+    metrics.observe_admin_call("describe_topics", started.elapsed());
+    Ok(ids)
+}
+
 /// One metadata fetch and one DescribeConfigs request for all of `names`.
 async fn describe_topics(
     admin: &Arc<AdminClient<DefaultClientContext>>,
@@ -517,11 +560,24 @@ async fn describe_topics(
         .iter()
         .map(|n| ResourceSpecifier::Topic(n.as_str()))
         .collect();
-    let described = admin
-        .describe_configs(&specifiers, &TopicAdmin::options())
-        .await
-        .map_err(AdminError::from_kafka)?;
-    metrics.observe_admin_call("describe_configs", started.elapsed());
+    let existing_names: Vec<String> = existing.iter().map(|n| (*n).clone()).collect();
+    // The ids come from DescribeTopics, asked for at the same time as the configs. Without
+    // them the topics are still described: status.topicId only waits for a later pass.
+    let (described, ids) = tokio::join!(
+        async {
+            let described = admin
+                .describe_configs(&specifiers, &TopicAdmin::options())
+                .await;
+            metrics.observe_admin_call("describe_configs", started.elapsed());
+            described
+        },
+        topic_ids(admin, &existing_names, metrics),
+    );
+    let described = described.map_err(AdminError::from_kafka)?;
+    let mut ids = ids.unwrap_or_else(|error| {
+        tracing::warn!(%error, "topic ids not read (DescribeTopics); status.topicId waits for a later pass");
+        HashMap::new()
+    });
     for (name, result) in existing.into_iter().zip(described) {
         let resource = match result {
             Ok(resource) => resource,
@@ -541,6 +597,7 @@ async fn describe_topics(
             ObservedTopic {
                 partitions,
                 replication_factor,
+                topic_id: ids.remove(name),
                 configs,
             },
         );

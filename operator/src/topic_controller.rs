@@ -402,6 +402,9 @@ async fn create(
 ) -> Result<Action, AdminError> {
     ctx.admin.create(desired).await?;
     ctx.created_now(&desired.name);
+    // A new topic has a new id (a re-created one too): the old one goes. The broker may
+    // not know the new id this instant; then the next resync fills it in.
+    report.status.topic_id = ctx.admin.topic_id(&desired.name).await;
     // A status that already names a topic means the operator had it once: someone deleted it.
     let action = if report.status.partitions.is_some() {
         TopicAction::Recreated
@@ -477,6 +480,10 @@ async fn converge(
             .await;
     }
     report.observed(&desired.name, partitions, observed.replication_factor);
+    // Without an id this pass (DescribeTopics failed), the one in status stays.
+    if observed.topic_id.is_some() {
+        report.status.topic_id.clone_from(&observed.topic_id);
+    }
     match plan.unreconcilable.first() {
         Some(gap) => {
             report.ready(false, gap.reason(), gap.message(&desired.name));

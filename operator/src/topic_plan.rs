@@ -21,6 +21,8 @@ pub struct DesiredTopic {
 pub struct ObservedTopic {
     pub partitions: i32,
     pub replication_factor: i32,
+    /// Kafka's topic id (base64, as `kafka-topics` prints it), when the broker gave one.
+    pub topic_id: Option<String>,
     /// Configs set on the topic itself (Kafka's DYNAMIC_TOPIC_CONFIG), values as reported.
     pub configs: BTreeMap<String, String>,
 }
@@ -195,6 +197,7 @@ mod tests {
         ObservedTopic {
             partitions,
             replication_factor: rf,
+            topic_id: None,
             configs: configs
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -59,6 +59,40 @@ async fn creates_the_topic_with_replication_retention_cleanup_policy_and_configs
     assert_eq!(status.topic_name.as_deref(), Some(topic.as_str()));
     assert_eq!(status.partitions, Some(3));
     assert_eq!(status.replication_factor, Some(3));
+    // Kafka's own spelling of the id, as its Java tools print it.
+    let id = kafka_topics_id(&topic);
+    assert_eq!(wait_topic_id(&api, "state", |_| true).await, id);
+}
+
+/// The `TopicId` that Kafka's `kafka-topics --describe` prints for `topic`.
+fn kafka_topics_id(topic: &str) -> String {
+    let stack = Stack::from_env().unwrap();
+    let output = std::process::Command::new("kafka-topics")
+        .args([
+            "--bootstrap-server",
+            &stack.kafka_bootstrap_servers,
+            "--describe",
+            "--topic",
+            topic,
+        ])
+        .output()
+        .expect("kafka-topics runs (the stack's bin directory is on PATH)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    stdout
+        .split_whitespace()
+        .skip_while(|word| *word != "TopicId:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no TopicId in kafka-topics' output: {stdout}"))
+        .to_owned()
+}
+
+/// Waits until `status.topicId` is set and `check` holds for it; returns it.
+async fn wait_topic_id(api: &Api<EventTopic>, name: &str, check: impl Fn(&str) -> bool) -> String {
+    eventually(&format!("{name}: status.topicId"), BOUND, || async {
+        let id = api.get(name).await.ok()?.status?.topic_id?;
+        check(&id).then_some(id)
+    })
+    .await
 }
 
 #[tokio::test]
@@ -111,6 +145,7 @@ async fn drift_is_corrected_and_a_topic_deleted_behind_its_back_is_recreated_wit
     )
     .await;
     wait_ready(&api, "drift", "True", "TopicReady").await;
+    let first_id = wait_topic_id(&api, "drift", |_| true).await;
     let broker = Broker::connect();
 
     // Someone changes retention and drops cleanup.policy.
@@ -145,6 +180,9 @@ async fn drift_is_corrected_and_a_topic_deleted_behind_its_back_is_recreated_wit
     .await;
     assert_eq!(warning.type_.as_deref(), Some("Warning"));
     assert!(warning.note.unwrap().contains(&topic));
+    // The re-created topic is another topic to Kafka: status follows its new id.
+    let new_id = wait_topic_id(&api, "drift", |id| id != first_id).await;
+    assert_eq!(new_id, kafka_topics_id(&topic));
 }
 
 #[tokio::test]

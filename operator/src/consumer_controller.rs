@@ -4,7 +4,7 @@
 //! Pipeline per pass: pause → resolve the EventTopics → read the group from Kafka → replay
 //! step (if asked) → decide replicas → apply ConfigMap and Deployment → prune → status.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -62,6 +62,11 @@ pub struct Context {
     /// When this process last changed each object's replica count, for the scale-down
     /// cooldown. Lost on restart, which only delays the next scale-down.
     last_scale: Mutex<HashMap<String, Instant>>,
+    /// The last status written per object, and the resourceVersions of this process's own
+    /// recent writes (each one's base and result). A pass that starts (on a Deployment
+    /// event) before the watch has delivered those writes sees one of these versions; it
+    /// must not write the same status again.
+    last_written: Mutex<HashMap<String, (HashSet<String>, EventConsumerStatus)>>,
 }
 
 impl Context {
@@ -70,7 +75,34 @@ impl Context {
             workload,
             backoff: Backoff::default(),
             last_scale: Mutex::default(),
+            last_written: Mutex::default(),
         }
+    }
+
+    fn already_written(
+        &self,
+        key: &str,
+        version: Option<&str>,
+        status: &EventConsumerStatus,
+    ) -> bool {
+        let Some(version) = version else {
+            return false;
+        };
+        self.last_written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .is_some_and(|(ours, written)| written == status && ours.contains(version))
+    }
+
+    fn written(&self, key: &str, versions: [Option<String>; 2], status: EventConsumerStatus) {
+        let mut last_written = self.last_written.lock().unwrap_or_else(|e| e.into_inner());
+        let (ours, written) = last_written.entry(key.to_owned()).or_default();
+        if ours.len() > 16 {
+            ours.clear();
+        }
+        ours.extend(versions.into_iter().flatten());
+        *written = status;
     }
 
     fn since_last_scale(&self, key: &str) -> Option<Duration> {
@@ -263,33 +295,40 @@ impl Report {
         if consumer.status.as_ref() == Some(&self.status) {
             return Ok(());
         }
+        let key = object_key(consumer);
+        let version = consumer.resource_version();
+        if ctx.already_written(&key, version.as_deref(), &self.status) {
+            return Ok(());
+        }
         let patch = json!({
             "apiVersion": "bridge.omninode.io/v1alpha1",
             "kind": KIND,
             "status": self.status,
         });
-        api.patch_status(
-            &consumer.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
+        let updated = api
+            .patch_status(
+                &consumer.name_any(),
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await?;
         ctx.workload
             .metrics
             .status_patches
             .get_or_create(&crate::metrics::KindLabel { kind: KIND })
             .inc();
+        ctx.written(
+            &key,
+            [version, updated.resource_version()],
+            self.status.clone(),
+        );
         Ok(())
     }
 }
 
 pub async fn reconcile(consumer: Arc<EventConsumer>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.workload.metrics.reconcile_timer(KIND);
-    let outcome = reconcile_consumer(&consumer, &ctx).await;
-    if outcome.is_ok() {
-        ctx.backoff.succeeded(&object_key(&consumer));
-    }
-    outcome
+    reconcile_consumer(&consumer, &ctx).await
 }
 
 async fn reconcile_consumer(consumer: &EventConsumer, ctx: &Context) -> Result<Action, Error> {
@@ -341,6 +380,7 @@ async fn reconcile_consumer(consumer: &EventConsumer, ctx: &Context) -> Result<A
             ctx.workload.metrics.failure(KIND, decided.reason);
             report.set(decided);
             report.write(consumer, &api, ctx).await?;
+            ctx.backoff.succeeded(&key);
             // The EventTopic watch brings the object back once the topic is there.
             return Ok(ctx.resync());
         }
@@ -408,14 +448,13 @@ async fn reconcile_consumer(consumer: &EventConsumer, ctx: &Context) -> Result<A
             }
             report.set(decided);
             report.write(consumer, &api, ctx).await?;
+            ctx.backoff.succeeded(&key);
             return Ok(Action::requeue(REPLAY_POLL));
         }
-        let mut topics = resolved.topics.clone();
-        topics.sort();
         let moved = event_consumer::replay_group_to_time_async(
             kafka.clone(),
             group.clone(),
-            topics,
+            resolved.topics.clone(),
             SystemTime::from(from.0),
             KAFKA_TIMEOUT,
         )
@@ -530,6 +569,9 @@ async fn reconcile_consumer(consumer: &EventConsumer, ctx: &Context) -> Result<A
     let (_, decided) = workload::deployment_progress(Some(&deployment), "event-consumer");
     report.set(decided);
     report.write(consumer, &api, ctx).await?;
+    // Only a pass that got through resets the backoff: Kafka failures and a refused replay
+    // return earlier and keep doubling it.
+    ctx.backoff.succeeded(&key);
     Ok(Action::requeue(workload::jittered(requeue)))
 }
 

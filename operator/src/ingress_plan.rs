@@ -873,6 +873,7 @@ mod tests {
             kafka: KafkaSettings {
                 bootstrap_servers: "kafka-0:9092,kafka-1:9092".into(),
                 properties: BTreeMap::from([("security.protocol".into(), "SSL".into())]),
+                properties_file: None,
             },
         }
     }

@@ -125,6 +125,7 @@ async fn run(args: Args) -> Result<(), StartupError> {
     let kafka_settings = KafkaSettings {
         bootstrap_servers: args.kafka_bootstrap_servers.clone(),
         properties: kafka_properties(args.kafka_properties.as_deref())?,
+        properties_file: None,
     };
     let kafka = kafka_settings.client_config();
 

@@ -186,16 +186,41 @@ fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// Refuses the librdkafka properties the service sets itself; `field` is where they were
+/// written (inline, or the file `kafka.propertiesFile` added).
+fn owned_properties_unset(kafka: &KafkaSettings, field: &'static str) -> Result<(), ConfigError> {
+    for (property, instead) in OWNED_KAFKA_PROPERTIES {
+        if kafka.properties.contains_key(*property) {
+            return Err(invalid(
+                field,
+                format!("`{property}` is set by event-consumer itself ({instead}); remove it"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl ConsumerConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::from_yaml(&text).map_err(|error| ConfigError::InFile {
+        let in_file = |error: ConfigError| ConfigError::InFile {
             path: path.to_owned(),
             source: Box::new(error),
-        })
+        };
+        let mut config = Self::from_yaml(&text).map_err(in_file)?;
+        // `kafka.propertiesFile` is read here, once: `from_yaml` alone leaves it unread, as
+        // the operator renders configs that name a file only the consumer's Pod mounts.
+        if config.kafka.properties_file.is_some() {
+            config.kafka = config
+                .kafka
+                .resolve()
+                .map_err(|error| in_file(invalid("kafka.propertiesFile", error.to_string())))?;
+            owned_properties_unset(&config.kafka, "kafka.propertiesFile").map_err(in_file)?;
+        }
+        Ok(config)
     }
 
     /// Parses and checks a config; an error names the field and what to write instead.
@@ -255,17 +280,7 @@ impl ConsumerConfig {
                 ));
             }
         }
-        for (property, instead) in OWNED_KAFKA_PROPERTIES {
-            if self.kafka.properties.contains_key(*property) {
-                return Err(ConfigError::Invalid {
-                    field: "kafka.properties",
-                    message: format!(
-                        "`{property}` is set by event-consumer itself ({instead}); remove it"
-                    ),
-                });
-            }
-        }
-        Ok(())
+        owned_properties_unset(&self.kafka, "kafka.properties")
     }
 
     pub fn sink_url(&self) -> Result<reqwest::Url, ConfigError> {
@@ -410,5 +425,39 @@ startFrom: latest
     fn the_sink_must_be_an_http_url() {
         let text = DESIGN_EXAMPLE.replace("http://127.0.0.1:8088/events", "ftp://x/");
         assert!(error_of(&text).starts_with("sink.url:"));
+    }
+
+    #[test]
+    fn the_loader_reads_the_kafka_properties_file_and_refuses_owned_properties_in_it() {
+        let dir =
+            std::env::temp_dir().join(format!("event-consumer-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let properties = dir.join("properties.yaml");
+        let config_path = dir.join("consumer.yaml");
+        let kafka = format!(
+            "kafka: {{bootstrapServers: \"127.0.0.1:9092\", propertiesFile: {}, properties: {{client.id: inline}}}}",
+            properties.display()
+        );
+        let text = DESIGN_EXAMPLE.replace(
+            "kafka: {bootstrapServers: \"127.0.0.1:9092\", properties: {}}",
+            &kafka,
+        );
+        std::fs::write(&config_path, &text).unwrap();
+
+        std::fs::write(&properties, "client.id: from-file\nsasl.username: u\n").unwrap();
+        let config = ConsumerConfig::load(&config_path).unwrap();
+        assert_eq!(config.kafka.properties["client.id"], "inline");
+        assert_eq!(config.kafka.properties["sasl.username"], "u");
+
+        std::fs::write(&properties, "enable.auto.commit: \"true\"\n").unwrap();
+        let error = ConsumerConfig::load(&config_path).unwrap_err().to_string();
+        assert!(error.contains("kafka.propertiesFile"), "{error}");
+        assert!(error.contains("enable.auto.commit"), "{error}");
+
+        std::fs::write(&properties, "sasl.username: [u]\n").unwrap();
+        let error = ConsumerConfig::load(&config_path).unwrap_err().to_string();
+        assert!(error.contains(&properties.display().to_string()), "{error}");
+        assert!(error.contains("`sasl.username` is not a string"), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -357,7 +357,7 @@ impl ReceiverConfig {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text).map_err(|error| match error {
+        let mut config = Self::parse(&text).map_err(|error| match error {
             ParseError::Yaml(source) => ConfigError::Parse {
                 path: path.to_owned(),
                 source,
@@ -367,7 +367,18 @@ impl ReceiverConfig {
                 field,
                 reason,
             },
-        })
+        })?;
+        // `kafka.propertiesFile` is read here, once: `parse` alone leaves it unread, as the
+        // operator renders configs that name a file only the receiver's Pod mounts.
+        config.kafka = config
+            .kafka
+            .resolve()
+            .map_err(|error| ConfigError::Invalid {
+                path: path.to_owned(),
+                field: "kafka.propertiesFile".into(),
+                reason: error.to_string(),
+            })?;
+        Ok(config)
     }
 
     pub fn parse(text: &str) -> Result<Self, ParseError> {
@@ -565,5 +576,37 @@ routes:
             let error = ReceiverConfig::parse(&text).unwrap_err().to_string();
             assert!(error.contains(needle), "{error} lacks {needle}");
         }
+    }
+
+    #[test]
+    fn the_loader_reads_the_kafka_properties_file_and_names_it_when_it_is_missing() {
+        let dir = std::env::temp_dir().join(format!("hook-receiver-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let properties = dir.join("properties.yaml");
+        std::fs::write(
+            &properties,
+            "client.id: from-file\nsocket.timeout.ms: \"5000\"\n",
+        )
+        .unwrap();
+        let config_path = dir.join("receiver.yaml");
+        let kafka = format!(
+            "kafka: {{bootstrapServers: \"127.0.0.1:9092\", propertiesFile: {}, properties: {{socket.timeout.ms: \"7000\"}}}}",
+            properties.display()
+        );
+        let text = EXAMPLE.replace(
+            "kafka: {bootstrapServers: \"127.0.0.1:9092\", properties: {}}",
+            &kafka,
+        );
+        std::fs::write(&config_path, &text).unwrap();
+        let config = ReceiverConfig::load(&config_path).unwrap();
+        assert_eq!(config.kafka.properties["client.id"], "from-file");
+        assert_eq!(config.kafka.properties["socket.timeout.ms"], "7000");
+        assert_eq!(config.kafka.properties_file, None);
+
+        std::fs::remove_file(&properties).unwrap();
+        let error = ReceiverConfig::load(&config_path).unwrap_err().to_string();
+        assert!(error.contains("kafka.propertiesFile"), "{error}");
+        assert!(error.contains(&properties.display().to_string()), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

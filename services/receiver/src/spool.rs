@@ -379,20 +379,25 @@ impl Spool {
         let prepared = {
             let mut state = self.lock();
             let mut on_disk: u64 = state.segments.values().sum();
-            let mut refused: Option<u64> = None;
+            let mut refused = Vec::new();
+            let mut smallest_refused: Option<u64> = None;
             for append in group {
                 let size = append.frame.len() as u64;
                 if on_disk + size > self.max_bytes {
-                    refused = Some(refused.map_or(size, |r| r.min(size)));
-                    let _ = append.done.send(Err(SpoolError::Full));
+                    smallest_refused = Some(smallest_refused.map_or(size, |r| r.min(size)));
+                    refused.push(append.done);
                     continue;
                 }
                 on_disk += size;
                 bytes.extend_from_slice(&append.frame);
                 accepted.push(append.done);
             }
-            if refused.is_some() {
-                self.update_full(&mut state, refused);
+            if smallest_refused.is_some() {
+                // Marked full before the senders hear 503, so readiness is never behind them.
+                self.update_full(&mut state, smallest_refused);
+            }
+            for done in refused {
+                let _ = done.send(Err(SpoolError::Full));
             }
             if accepted.is_empty() {
                 Ok(None)

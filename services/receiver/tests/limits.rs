@@ -89,8 +89,14 @@ async fn a_full_spool_answers_503_with_retry_after_and_loses_nothing_acknowledge
         Some(0.0),
         "Kafka is unreachable, so the breaker is not closed: {text}"
     );
-    let (status, reason) = readyz(&receiver).await;
-    assert_eq!(status, 503, "{reason}");
+    // The follower task applies the verdict right after the spool marks itself full.
+    let reason = eventually("/readyz to say 503", Duration::from_secs(5), || async {
+        match readyz(&receiver).await {
+            (503, reason) => Some(reason),
+            _ => None,
+        }
+    })
+    .await;
     assert!(reason.starts_with("spool full: "), "{reason}");
     assert!(reason.contains("Kafka is unavailable"), "{reason}");
     // And stays out while nothing changes (the reason is refreshed, not dropped).

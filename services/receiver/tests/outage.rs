@@ -1,62 +1,90 @@
-//! R1: one broker stops under load; R2: all three stop. The receiver keeps answering 2xx
-//! (from Kafka, or from its spool), and every acknowledged event arrives, in per-key order.
-//! This binary stops the shared brokers: it restarts them even when it fails (drop guard),
-//! and its tests take turns.
+//! R1: one broker stops under load; R2: all three stop for a minute under load. The
+//! receiver keeps answering 2xx (from Kafka, or from its spool), and every acknowledged
+//! event arrives, in per-key order. This binary stops the shared brokers: it restarts them
+//! even when it fails (a drop guard, and a watchdog process in case the test process itself
+//! is killed), and its tests take turns.
 
 mod common;
 
-use std::time::Duration;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
 
-use bridge_e2e::eventually;
+use bridge_e2e::{Stack, eventually};
 use common::*;
 
-/// Runs `e2e/stack.sh` with these arguments. All three brokers stop and start in one
-/// command: a lone broker of the three-voter quorum can neither stop cleanly nor register.
-fn stack_sh(args: &[&str]) -> Result<(), String> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../e2e/stack.sh");
-    let output = std::process::Command::new("bash")
-        .arg(script)
-        .args(args)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&output.stderr).into_owned())
-    }
-}
+/// How long every broker stays down in R2: the issue's "all brokers stopped for 60 s
+/// under load". Long enough for the breaker's backoff to grow well past its first steps
+/// and for thousands of events to pile up in the spool; short enough that the whole test
+/// (stopping and restarting three brokers included) stays around two minutes in CI.
+const OUTAGE: Duration = Duration::from_secs(60);
+
+/// The longest R2 tolerates between two 2xx answers while the brokers are down: events go
+/// straight to the spool then, so a stall this long means intake stopped.
+const LONGEST_SILENCE: Duration = Duration::from_secs(5);
 
 /// One fault at a time in this binary.
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Starts the brokers again when dropped, also on a failed assertion.
+/// Brokers stopped for a test; started again when dropped, also on a failed assertion.
 struct BrokersDown {
-    brokers: &'static [&'static str],
+    stack: Stack,
+    brokers: &'static [u8],
     down: bool,
+    /// Starts the brokers after a bound even if this process dies without unwinding
+    /// (SIGKILL, a CI timeout); killed once the brokers are back.
+    watchdog: Option<Child>,
 }
 
 impl BrokersDown {
-    fn stop(brokers: &'static [&'static str]) -> Self {
+    /// Stops `brokers`; they come back at `restart`, on drop, or at the latest after
+    /// `watchdog_after` from a process of their own.
+    fn stop(stack: &Stack, brokers: &'static [u8], watchdog_after: Duration) -> Self {
+        let list: Vec<String> = brokers.iter().map(u8::to_string).collect();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../e2e/stack.sh");
+        // Its own session, so a Ctrl-C or a kill of the test's process group spares it.
+        let watchdog = Command::new("setsid")
+            .arg("sh")
+            .arg("-c")
+            .arg(format!(
+                "sleep {}; exec bash {script} kafka-start {}",
+                watchdog_after.as_secs(),
+                list.join(" ")
+            ))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|error| eprintln!("no broker watchdog (setsid sh): {error}"))
+            .ok();
         // Armed before the stop: a stop that fails half-way is still undone.
         let guard = BrokersDown {
+            stack: stack.clone(),
             brokers,
             down: true,
+            watchdog,
         };
-        let args: Vec<&str> = std::iter::once("kafka-stop")
-            .chain(brokers.iter().copied())
-            .collect();
-        stack_sh(&args).expect("stopping brokers");
+        stack.kafka_stop_brokers(brokers).expect("stopping brokers");
         guard
     }
 
     fn restart(&mut self) {
-        let args: Vec<&str> = std::iter::once("kafka-start")
-            .chain(self.brokers.iter().copied())
-            .collect();
-        if std::mem::take(&mut self.down)
-            && let Err(error) = stack_sh(&args)
-        {
+        if !std::mem::take(&mut self.down) {
+            return;
+        }
+        if let Err(error) = self.stack.kafka_start_brokers(self.brokers) {
+            // The watchdog stays: its later attempt may succeed where this one did not.
             eprintln!("could not restart brokers {:?}: {error}", self.brokers);
+            return;
+        }
+        if let Some(mut watchdog) = self.watchdog.take() {
+            // The watchdog leads its own process group (setsid): end it with its `sleep`.
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg("--")
+                .arg(format!("-{}", watchdog.id()))
+                .status();
+            let _ = watchdog.kill();
+            let _ = watchdog.wait();
         }
     }
 }
@@ -67,93 +95,233 @@ impl Drop for BrokersDown {
     }
 }
 
+fn steps_route(topic: &str, secret: &std::path::Path) -> String {
+    format!(
+        "  - name: steps\n    path: /steps\n    topic: {topic}\n    eventType: {{value: workflow.step}}\n    correlationId: {{header: X-Workflow}}\n    auth: {{bearer: {{secretFile: {}}}}}\n",
+        secret.display()
+    )
+}
+
+async fn metrics_of(admin: &str) -> Option<String> {
+    reqwest::get(format!("{admin}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()
+}
+
+async fn readyz_of(admin: &str) -> Option<(u16, String)> {
+    let response = reqwest::get(format!("{admin}/readyz")).await.ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.text().await.ok()?))
+}
+
+/// R2 as the issue states it: all brokers stopped for 60 s under load; 2xx continue from
+/// the spool; after the restart every acknowledged event arrives, in per-key order.
+/// Beside it, a receiver with an 8 KiB spool fills up during the outage: it turns unready
+/// ("spool full: ...") and is ready again, in the same process, once Kafka is back.
 #[tokio::test]
-async fn with_all_brokers_down_events_are_spooled_and_all_arrive_in_key_order_afterwards() {
+async fn with_all_brokers_down_for_a_minute_events_are_spooled_and_all_arrive_in_key_order_afterwards()
+ {
     let _turn = TURN.lock().await;
+    let started = Instant::now();
     let stack = stack();
     let topic = create_topic(&stack, 6).await;
+    let tiny_topic = create_topic(&stack, 1).await;
     let dir = scratch_dir("outage");
     let secret = dir.join("token");
     std::fs::write(&secret, "outage-token").unwrap();
-    let routes = format!(
-        "  - name: steps\n    path: /steps\n    topic: {topic}\n    eventType: {{value: workflow.step}}\n    correlationId: {{header: X-Workflow}}\n    auth: {{bearer: {{secretFile: {}}}}}\n",
-        secret.display()
-    );
     let config = config_yaml(
         &dir,
         free_port(),
         free_port(),
         &stack.kafka_bootstrap_servers,
         "instance: outage-test",
-        &routes,
+        &steps_route(&topic, &secret),
     );
     let receiver = Receiver::start(&dir, &config).await;
+    let tiny_dir = scratch_dir("outage-tiny");
+    let tiny_config = config_yaml(
+        &tiny_dir,
+        free_port(),
+        free_port(),
+        &stack.kafka_bootstrap_servers,
+        "instance: outage-tiny-test",
+        &steps_route(&tiny_topic, &secret),
+    )
+    .replace(
+        "spool: {dir: ",
+        "spool: {maxBytes: 8192, segmentBytes: 4096, dir: ",
+    );
+    let tiny = Receiver::start(&tiny_dir, &tiny_config).await;
+
     let load = KeyedLoad::start(format!("{}/steps", receiver.url), 6, "outage-token");
     load.wait_answered(60, Duration::from_secs(60)).await;
 
-    let mut outage = BrokersDown::stop(&["1", "2", "3"]);
+    let stop_began = Instant::now();
+    let mut outage = BrokersDown::stop(&stack, &[1, 2, 3], OUTAGE + Duration::from_secs(90));
+    let down_at = Instant::now();
+    let stopping_took = down_at - stop_began;
     // librdkafka's broker-down signal opens the breaker; no send has to time out first.
     let admin = receiver.admin_url.clone();
     eventually(
         "the breaker to open with every broker down",
-        Duration::from_secs(2),
+        Duration::from_secs(5),
         || {
             let admin = admin.clone();
             async move {
-                let text = reqwest::get(format!("{admin}/metrics"))
-                    .await
-                    .ok()?
-                    .text()
-                    .await
-                    .ok()?;
+                let text = metrics_of(&admin).await?;
                 (metric(&text, "hook_receiver_breaker_state") == Some(2.0)).then_some(())
             }
         },
     )
     .await;
-    let before = load.answered();
-    load.wait_answered(before + 200, Duration::from_secs(30))
-        .await;
+
+    // The small receiver fills its spool and takes itself out of rotation.
+    let client = reqwest::Client::new();
+    let tiny_url = format!("{}/steps", tiny.url);
+    let mut tiny_acknowledged = Vec::new();
+    let mut tiny_refused = None;
+    for sequence in 0..500u64 {
+        let response = client
+            .post(&tiny_url)
+            .header("Authorization", "Bearer outage-token")
+            .header("X-Workflow", "tiny-1")
+            .body(format!("{{\"key\":\"tiny-1\",\"seq\":{sequence}}}"))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 200 {
+            tiny_acknowledged.push(("tiny-1".to_owned(), sequence, "spooled".to_owned()));
+        } else {
+            tiny_refused = Some(response.status().as_u16());
+            break;
+        }
+    }
+    assert_eq!(tiny_refused, Some(503), "the 8 KiB spool fills up");
+    let tiny_admin = tiny.admin_url.clone();
+    let reason = eventually(
+        "the small receiver to be unready with its spool full",
+        Duration::from_secs(5),
+        || {
+            let tiny_admin = tiny_admin.clone();
+            async move {
+                match readyz_of(&tiny_admin).await? {
+                    (503, reason) => Some(reason),
+                    _ => None,
+                }
+            }
+        },
+    )
+    .await;
+    assert!(reason.starts_with("spool full: "), "{reason}");
+
+    // The rest of the minute: the load goes on; the big receiver stays ready (its spool
+    // has room) and answers from its spool.
+    let mut readyz_polls = 0;
+    let mut not_ready = Vec::new();
+    while down_at.elapsed() < OUTAGE {
+        match readyz_of(&receiver.admin_url).await {
+            Some((200, _)) => {}
+            other => not_ready.push(other),
+        }
+        readyz_polls += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let text = receiver.metrics().await;
-    assert!(
-        metric(&text, "hook_receiver_spool_records").unwrap_or(0.0) > 0.0,
-        "{text}"
-    );
+    let spooled_in_outage = metric(&text, "hook_receiver_spool_records").unwrap_or(0.0);
+    let restart_began = Instant::now();
     outage.restart();
+    let up_at = Instant::now();
+    let outage_length = restart_began - down_at;
+    let starting_took = up_at - restart_began;
+    let (answered_in_outage, longest_silence) = load.answers_between(down_at, restart_began);
+    assert!(
+        not_ready.is_empty(),
+        "the receiver with room in its spool was not ready {} of {readyz_polls} times: {not_ready:?}",
+        not_ready.len()
+    );
+    assert!(
+        spooled_in_outage > 0.0,
+        "nothing in the spool during the outage: {text}"
+    );
+    assert!(
+        answered_in_outage >= 100,
+        "only {answered_in_outage} 2xx answers in {outage_length:?} of outage"
+    );
+    assert!(
+        longest_silence <= LONGEST_SILENCE,
+        "no 2xx for {longest_silence:?} while the brokers were down"
+    );
+
+    // Kafka is back: the small receiver is ready again in the same process.
+    let tiny_admin = tiny.admin_url.clone();
+    let tiny_ready_after = eventually(
+        "the small receiver to be ready again",
+        Duration::from_secs(60),
+        || {
+            let tiny_admin = tiny_admin.clone();
+            async move {
+                matches!(readyz_of(&tiny_admin).await, Some((200, _))).then(|| up_at.elapsed())
+            }
+        },
+    )
+    .await;
 
     let after = load.answered();
     load.wait_answered(after + 60, Duration::from_secs(60))
         .await;
+    let admin = receiver.admin_url.clone();
+    let drained_after = eventually("the spool to drain", Duration::from_secs(60), || {
+        let admin = admin.clone();
+        async move {
+            let text = metrics_of(&admin).await?;
+            (metric(&text, "hook_receiver_spool_records") == Some(0.0)).then(|| up_at.elapsed())
+        }
+    })
+    .await;
+    let sent = load.sent();
+    let refused = load.refused();
     let acknowledged = load.stop().await;
     let spooled = acknowledged
         .iter()
         .filter(|(_, _, s)| s == "spooled")
         .count();
+    assert_eq!(refused, 0, "requests not answered 2xx");
     assert!(
-        spooled >= 200,
-        "only {spooled} events were answered from the spool"
+        spooled >= answered_in_outage,
+        "{spooled} answered from the spool, fewer than the {answered_in_outage} answered during the outage"
     );
 
-    let admin = receiver.admin_url.clone();
-    eventually("the spool to drain", Duration::from_secs(90), || {
-        let admin = admin.clone();
-        async move {
-            let text = reqwest::get(format!("{admin}/metrics"))
-                .await
-                .ok()?
-                .text()
-                .await
-                .ok()?;
-            (metric(&text, "hook_receiver_spool_records") == Some(0.0)).then_some(())
-        }
-    })
-    .await;
     let messages = read_topic(&stack, &topic, acknowledged.len(), Duration::from_secs(60)).await;
     let duplicates = assert_all_arrived_in_key_order(&acknowledged, &messages);
+    let tiny_messages = read_topic(
+        &stack,
+        &tiny_topic,
+        tiny_acknowledged.len(),
+        Duration::from_secs(30),
+    )
+    .await;
+    let tiny_duplicates = assert_all_arrived_in_key_order(&tiny_acknowledged, &tiny_messages);
     eprintln!(
-        "R2: {} acknowledged ({spooled} from the spool), {} on Kafka, {duplicates} duplicates",
+        "R2: brokers down {:.1} s (stopping took {:.1} s, starting {:.1} s); {sent} requests sent, {} answered 2xx ({answered_in_outage} during the outage, longest gap {:.2} s; {spooled} from the spool), {refused} refused; {} records on Kafka, {} distinct, {duplicates} duplicates; spool drained {:.1} s after the brokers were back; /readyz 200 in all {readyz_polls} polls during the outage",
+        outage_length.as_secs_f64(),
+        stopping_took.as_secs_f64(),
+        starting_took.as_secs_f64(),
         acknowledged.len(),
-        messages.len()
+        longest_silence.as_secs_f64(),
+        messages.len(),
+        messages.len() - duplicates,
+        drained_after.as_secs_f64(),
+    );
+    eprintln!(
+        "R2, 8 KiB spool: {} acknowledged then 503, /readyz 503 \"{}\" during the outage, 200 again {:.1} s after the brokers were back; {} on Kafka, {tiny_duplicates} duplicates; test took {:.0} s",
+        tiny_acknowledged.len(),
+        reason.trim(),
+        tiny_ready_after.as_secs_f64(),
+        tiny_messages.len(),
+        started.elapsed().as_secs_f64()
     );
 }
 
@@ -181,7 +349,7 @@ async fn with_one_broker_down_every_acknowledged_event_arrives_once() {
     let load = KeyedLoad::start(format!("{}/steps", receiver.url), 6, "one-down-token");
     load.wait_answered(60, Duration::from_secs(60)).await;
 
-    let mut outage = BrokersDown::stop(&["2"]);
+    let mut outage = BrokersDown::stop(&stack, &[2], Duration::from_secs(120));
     let before = load.answered();
     load.wait_answered(before + 200, Duration::from_secs(60))
         .await;

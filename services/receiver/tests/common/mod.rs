@@ -256,6 +256,12 @@ pub struct KeyedLoad {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<Vec<(String, u64, String)>>>,
     pub answered: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Requests sent, answered or not.
+    pub sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Requests answered with anything but 200, or not answered at all.
+    pub refused: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// When each 2xx arrived, in the order they did.
+    pub answer_times: std::sync::Arc<std::sync::Mutex<Vec<std::time::Instant>>>,
 }
 
 impl KeyedLoad {
@@ -263,6 +269,9 @@ impl KeyedLoad {
     pub fn start(url: String, keys: usize, token: &str) -> KeyedLoad {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let answered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let refused = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let answer_times = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(20))
             .build()
@@ -271,12 +280,15 @@ impl KeyedLoad {
             .map(|k| {
                 let (stop, answered, client, url) =
                     (stop.clone(), answered.clone(), client.clone(), url.clone());
+                let (sent, refused, answer_times) =
+                    (sent.clone(), refused.clone(), answer_times.clone());
                 let token = token.to_owned();
                 tokio::spawn(async move {
                     let key = format!("workflow-{k}");
                     let mut acknowledged = Vec::new();
                     let mut sequence = 0u64;
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let response = client
                             .post(&url)
                             .header("Authorization", format!("Bearer {token}"))
@@ -286,6 +298,7 @@ impl KeyedLoad {
                             .await;
                         match response {
                             Ok(response) if response.status() == 200 => {
+                                answer_times.lock().unwrap().push(std::time::Instant::now());
                                 let body: serde_json::Value = response.json().await.unwrap();
                                 acknowledged.push((
                                     key.clone(),
@@ -296,7 +309,10 @@ impl KeyedLoad {
                                 sequence += 1;
                             }
                             // Refused or cut off (the process died): the sender retries the same step.
-                            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                            _ => {
+                                refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                tokio::time::sleep(Duration::from_millis(50)).await
+                            }
                         }
                     }
                     acknowledged
@@ -307,11 +323,44 @@ impl KeyedLoad {
             stop,
             tasks,
             answered,
+            sent,
+            refused,
+            answer_times,
         }
     }
 
     pub fn answered(&self) -> u64 {
         self.answered.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn sent(&self) -> u64 {
+        self.sent.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn refused(&self) -> u64 {
+        self.refused.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// 2xx answers that arrived in `[from, to)`, and the longest stretch of that window
+    /// without one (its edges included).
+    pub fn answers_between(
+        &self,
+        from: std::time::Instant,
+        to: std::time::Instant,
+    ) -> (usize, Duration) {
+        let times = self.answer_times.lock().unwrap();
+        let inside: Vec<_> = times
+            .iter()
+            .copied()
+            .filter(|t| *t >= from && *t < to)
+            .collect();
+        let mut previous = from;
+        let mut longest = Duration::ZERO;
+        for t in inside.iter().copied().chain(std::iter::once(to)) {
+            longest = longest.max(t.saturating_duration_since(previous));
+            previous = previous.max(t);
+        }
+        (inside.len(), longest)
     }
 
     pub async fn wait_answered(&self, at_least: u64, bound: Duration) {

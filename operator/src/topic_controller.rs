@@ -450,9 +450,30 @@ async fn converge(
         return Ok(Action::requeue(Duration::from_secs(2)));
     }
     let publish = ctx.admin.audit_topic_exists();
-    if !plan.config_changes.is_empty() {
+    // Both writes are sent at once, before any Event or audit record is written: reconciles
+    // that start together then reach Kafka together and share one AlterConfigs and one
+    // CreatePartitions request, instead of being spread out by the Event writes between.
+    let write_configs = async {
+        if plan.config_changes.is_empty() {
+            return Ok(false);
+        }
         let configs = topic_plan::configs_after(&observed.configs, &desired.configs);
         ctx.admin.set_configs(&desired.name, &configs).await?;
+        Ok::<_, AdminError>(true)
+    };
+    let grow_partitions = async {
+        match plan.grow_partitions {
+            Some((_, to)) => ctx
+                .admin
+                .grow_partitions(&desired.name, to)
+                .await
+                .map(|()| true),
+            None => Ok(false),
+        }
+    };
+    let (configs_written, partitions_grown) = tokio::join!(write_configs, grow_partitions);
+    // What was carried out is recorded even when the other write failed.
+    if matches!(configs_written, Ok(true)) {
         let changes: Vec<FieldChange> = plan
             .config_changes
             .iter()
@@ -467,8 +488,7 @@ async fn converge(
             .await;
     }
     let mut partitions = observed.partitions;
-    if let Some((from, to)) = plan.grow_partitions {
-        ctx.admin.grow_partitions(&desired.name, to).await?;
+    if let (Ok(true), Some((from, to))) = (&partitions_grown, plan.grow_partitions) {
         partitions = to;
         let change = FieldChange {
             field: "partitions".into(),
@@ -479,6 +499,8 @@ async fn converge(
             .record(topic, TopicAction::PartitionsIncreased, &[change], publish)
             .await;
     }
+    configs_written?;
+    partitions_grown?;
     report.observed(&desired.name, partitions, observed.replication_factor);
     // Without an id this pass (DescribeTopics failed), the one in status stays.
     if observed.topic_id.is_some() {

@@ -457,7 +457,10 @@ startFrom: latest
         std::fs::write(&properties, "sasl.username: [u]\n").unwrap();
         let error = ConsumerConfig::load(&config_path).unwrap_err().to_string();
         assert!(error.contains(&properties.display().to_string()), "{error}");
-        assert!(error.contains("`sasl.username` is not a string"), "{error}");
+        assert!(
+            error.contains("`sasl.username` is a list, not a string"),
+            "{error}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

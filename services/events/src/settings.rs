@@ -37,7 +37,7 @@ pub enum SettingsError {
     )]
     NotAMap { path: PathBuf, reason: String },
     #[error(
-        "the librdkafka properties file {}: the value of `{key}` is not a string: quote it, for example `{key}: \"{value}\"`",
+        "the librdkafka properties file {}: the value of `{key}` is {value}, not a string: a librdkafka property is one value, such as `{key}: \"...\"`",
         path.display()
     )]
     NotAString {
@@ -77,8 +77,8 @@ impl KafkaSettings {
     }
 }
 
-/// The librdkafka properties of a YAML file: a map of names to string values (an empty
-/// file is an empty map).
+/// The librdkafka properties of a YAML file: a map of names to string values (a plain
+/// number or boolean is taken as its text, as inline; an empty file is an empty map).
 pub fn read_properties_file(path: &Path) -> Result<BTreeMap<String, String>, SettingsError> {
     let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
         path: path.to_owned(),
@@ -103,16 +103,22 @@ pub fn read_properties_file(path: &Path) -> Result<BTreeMap<String, String>, Set
                 serde_yaml::to_string(&key).unwrap_or_default().trim()
             )));
         };
+        // As in the inline `properties`, a plain number or boolean is taken as its text.
         match value {
             serde_yaml::Value::String(value) => {
                 properties.insert(key, value);
             }
+            serde_yaml::Value::Number(value) => {
+                properties.insert(key, value.to_string());
+            }
+            serde_yaml::Value::Bool(value) => {
+                properties.insert(key, value.to_string());
+            }
             other => {
-                let value = serde_yaml::to_string(&other).unwrap_or_default();
                 return Err(SettingsError::NotAString {
                     path: path.to_owned(),
                     key,
-                    value: value.trim().to_owned(),
+                    value: kind(&other).to_owned(),
                 });
             }
         }
@@ -189,7 +195,7 @@ mod tests {
     #[test]
     fn the_files_properties_apply_and_inline_ones_win() {
         let file = TempFile::with(
-            "security.protocol: SASL_SSL\nsasl.password: from-file\nclient.id: file\n",
+            "security.protocol: SASL_SSL\nsasl.password: from-file\nclient.id: file\nlinger.ms: 5\nenable.ssl.certificate.verification: false\n",
         );
         let resolved = with_file(&file.0, "{client.id: inline}").resolve().unwrap();
         assert_eq!(resolved.properties_file, None);
@@ -197,6 +203,11 @@ mod tests {
             resolved.properties,
             BTreeMap::from([
                 ("client.id".to_owned(), "inline".to_owned()),
+                (
+                    "enable.ssl.certificate.verification".to_owned(),
+                    "false".to_owned()
+                ),
+                ("linger.ms".to_owned(), "5".to_owned()),
                 ("sasl.password".to_owned(), "from-file".to_owned()),
                 ("security.protocol".to_owned(), "SASL_SSL".to_owned()),
             ])
@@ -236,16 +247,15 @@ mod tests {
         assert!(error.contains("is not a YAML map"), "{error}");
         assert!(error.contains("found a list"), "{error}");
 
-        let number = TempFile::with("linger.ms: 5\n");
-        let error = with_file(&number.0, "{}")
+        let nested = TempFile::with("sasl.jaas.config: {user: u}\n");
+        let error = with_file(&nested.0, "{}")
             .resolve()
             .unwrap_err()
             .to_string();
-        assert!(error.contains(&number.0.display().to_string()), "{error}");
+        assert!(error.contains(&nested.0.display().to_string()), "{error}");
         assert!(
-            error.contains("the value of `linger.ms` is not a string"),
+            error.contains("the value of `sasl.jaas.config` is a map, not a string"),
             "{error}"
         );
-        assert!(error.contains("linger.ms: \"5\""), "{error}");
     }
 }

@@ -1,7 +1,8 @@
 //! The EventConsumer controller: each EventConsumer becomes a ConfigMap and a Deployment of
 //! `event-consumer`, scaled on the group's lag, replayed on request, and its status shows lag.
 //!
-//! Pipeline per pass: pause → resolve the EventTopics → read the group from Kafka → replay
+//! Pipeline per pass: pause → resolve the EventTopics → read the workloads' Kafka Secret
+//! (when the operator names one) → read the group from Kafka → replay
 //! step (if asked) → decide replicas → apply ConfigMap and Deployment → prune → status.
 
 use std::collections::{HashMap, HashSet};
@@ -367,27 +368,30 @@ async fn reconcile_consumer(consumer: &EventConsumer, ctx: &Context) -> Result<A
             }
         }
         Err(problem) => {
-            let decided = problem.decided(&namespace);
-            if report.ready_news(&decided) {
-                ctx.event(
-                    consumer,
-                    EventType::Warning,
-                    decided.reason,
-                    decided.message.clone(),
-                )
-                .await;
-            }
-            ctx.workload.metrics.failure(KIND, decided.reason);
-            report.set(decided);
-            report.write(consumer, &api, ctx).await?;
-            ctx.backoff.succeeded(&key);
             // The EventTopic watch brings the object back once the topic is there.
-            return Ok(ctx.resync());
+            let decided = problem.decided(&namespace);
+            return reference_problem(consumer, &api, ctx, report, decided).await;
         }
     };
 
+    // The Secret is not watched (the operator may only `get` Secrets): a resync sees it
+    // created or rotated. The running consumers are left as they are meanwhile.
+    let kafka_secret =
+        match workload::read_kafka_secret(client, &namespace, &ctx.workload.settings).await? {
+            Ok(secret) => secret,
+            Err(problem) => {
+                let decided = Decided::new(
+                    condition_type::READY,
+                    false,
+                    problem.reason(),
+                    problem.message(&namespace, "consumer"),
+                );
+                return reference_problem(consumer, &api, ctx, report, decided).await;
+            }
+        };
+
     let group = consumer.group_id();
-    let kafka = ctx.workload.settings.kafka.client_config();
+    let kafka = ctx.workload.kafka.clone();
     let view = observe_kafka(
         kafka.clone(),
         group.clone(),
@@ -412,7 +416,7 @@ async fn reconcile_consumer(consumer: &EventConsumer, ctx: &Context) -> Result<A
     let mut current_after_replay = current;
     if let Some(replay) = pending_replay(consumer) {
         let from = replay.from.clone();
-        let deployment = apply_workload(consumer, &resolved, ctx, 0).await?;
+        let deployment = apply_workload(consumer, &resolved, kafka_secret.as_ref(), ctx, 0).await?;
         if current != Some(0) {
             ctx.scaled_now(&key);
         }
@@ -542,7 +546,8 @@ async fn reconcile_consumer(consumer: &EventConsumer, ctx: &Context) -> Result<A
         (None, None) => 1,
     };
 
-    let deployment = apply_workload(consumer, &resolved, ctx, replicas).await?;
+    let deployment =
+        apply_workload(consumer, &resolved, kafka_secret.as_ref(), ctx, replicas).await?;
     if let Some(before) = current_after_replay.filter(|before| *before != replicas) {
         ctx.scaled_now(&key);
         let why = match (&consumer.spec.autoscaling, &view) {
@@ -592,6 +597,32 @@ fn replaying(report: &Report) -> bool {
         .is_some_and(|c| c.reason == "Replaying")
 }
 
+/// A reference that cannot be used yet (an EventTopic, the Kafka Secret): Ready=False as
+/// `decided` says, an Event when that is news, and a look again after a resync; nothing
+/// is applied, so a running Deployment is left as it is.
+async fn reference_problem(
+    consumer: &EventConsumer,
+    api: &Api<EventConsumer>,
+    ctx: &Context,
+    mut report: Report,
+    decided: Decided,
+) -> Result<Action, Error> {
+    if report.ready_news(&decided) {
+        ctx.event(
+            consumer,
+            EventType::Warning,
+            decided.reason,
+            decided.message.clone(),
+        )
+        .await;
+    }
+    ctx.workload.metrics.failure(KIND, decided.reason);
+    report.set(decided);
+    report.write(consumer, api, ctx).await?;
+    ctx.backoff.succeeded(&object_key(consumer));
+    Ok(ctx.resync())
+}
+
 /// Ready=False KafkaUnavailable, the last lag kept, and a backed-off retry.
 async fn kafka_unavailable(
     consumer: &EventConsumer,
@@ -618,6 +649,7 @@ async fn kafka_unavailable(
 async fn apply_workload(
     consumer: &EventConsumer,
     resolved: &ResolvedTopics,
+    kafka_secret: Option<&workload::SecretKey>,
     ctx: &Context,
     replicas: i32,
 ) -> Result<Deployment, Error> {
@@ -626,7 +658,7 @@ async fn apply_workload(
     let namespace = workload::namespace_of(consumer);
     let config = consumer_plan::consumer_config(consumer, resolved, settings);
     let rendered = consumer_plan::render_config(&config);
-    let checksum = consumer_plan::config_checksum(&rendered);
+    let checksum = consumer_plan::config_checksum(&rendered, kafka_secret);
     let keep = [consumer_plan::object_name(&consumer.name_any())];
 
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);

@@ -24,7 +24,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
-use crate::workload::{self, WorkloadSettings};
+use crate::workload::{self, SecretKey, WorkloadSettings};
 
 /// `app.kubernetes.io/name` of every object an EventConsumer becomes, and the container name.
 pub const COMPONENT: &str = "event-consumer";
@@ -78,7 +78,7 @@ pub fn consumer_config(
     let delivery = &spec.delivery;
     ConsumerConfig {
         admin_listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, ADMIN_PORT)),
-        kafka: settings.kafka.clone(),
+        kafka: settings.workload_kafka(),
         group_id: consumer.group_id(),
         topics: topics.topics.clone(),
         sink: SinkConfig {
@@ -113,9 +113,10 @@ pub fn render_config(config: &ConsumerConfig) -> String {
     serde_yaml::to_string(config).expect("a ConsumerConfig always serialises")
 }
 
-/// The digest on the pod template: the pods read nothing at start but their config.
-pub fn config_checksum(rendered: &str) -> String {
-    workload::checksum([rendered.as_bytes()])
+/// The digest on the pod template: the pods read their config at start, and the
+/// workloads' Kafka Secret when the operator names one.
+pub fn config_checksum(rendered: &str, kafka_secret: Option<&SecretKey>) -> String {
+    workload::config_checksum(rendered, kafka_secret)
 }
 
 fn metadata(consumer: &EventConsumer) -> ObjectMeta {
@@ -169,6 +170,24 @@ pub fn desired_deployment(
         .to_std()
         .unwrap_or(Duration::from_secs(10));
     let grace = (timeout.as_secs() as i64 + 10).max(30);
+    let mut volumes = vec![Volume {
+        name: volume.into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: object_name(&name),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }];
+    let mut mounts = vec![VolumeMount {
+        name: volume.into(),
+        mount_path: CONFIG_DIR.into(),
+        read_only: Some(true),
+        ..Default::default()
+    }];
+    if let Some((kafka_volume, kafka_mount)) = settings.kafka_secret_mount() {
+        volumes.push(kafka_volume);
+        mounts.push(kafka_mount);
+    }
     let container = Container {
         name: COMPONENT.into(),
         image: Some(settings.image.clone()),
@@ -210,12 +229,7 @@ pub fn desired_deployment(
             ..Default::default()
         }),
         security_context: Some(workload::container_security_context()),
-        volume_mounts: Some(vec![VolumeMount {
-            name: volume.into(),
-            mount_path: CONFIG_DIR.into(),
-            read_only: Some(true),
-            ..Default::default()
-        }]),
+        volume_mounts: Some(mounts),
         ..Default::default()
     };
     Deployment {
@@ -241,14 +255,7 @@ pub fn desired_deployment(
                     automount_service_account_token: Some(false),
                     security_context: Some(workload::pod_security_context()),
                     termination_grace_period_seconds: Some(grace),
-                    volumes: Some(vec![Volume {
-                        name: volume.into(),
-                        config_map: Some(ConfigMapVolumeSource {
-                            name: object_name(&name),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }]),
+                    volumes: Some(volumes),
                     ..Default::default()
                 }),
             },
@@ -315,11 +322,23 @@ mod tests {
         WorkloadSettings {
             image: "omninode/bridge:test".into(),
             image_pull_policy: Some("IfNotPresent".into()),
-            kafka: KafkaSettings {
-                bootstrap_servers: "kafka-0:9092,kafka-1:9092".into(),
-                properties: BTreeMap::from([("security.protocol".into(), "SSL".into())]),
-                properties_file: None,
-            },
+            kafka_bootstrap_servers: "kafka-0:9092,kafka-1:9092".into(),
+            kafka_secret: None,
+        }
+    }
+
+    fn with_kafka_secret() -> WorkloadSettings {
+        WorkloadSettings {
+            kafka_secret: Some("kafka-client".into()),
+            ..settings()
+        }
+    }
+
+    fn kafka_secret(properties: &str) -> SecretKey {
+        SecretKey {
+            name: "kafka-client".into(),
+            key: "properties.yaml".into(),
+            value: properties.as_bytes().to_vec(),
         }
     }
 
@@ -362,7 +381,14 @@ mod tests {
             bridge_api::event_consumer::StartFrom::Earliest
         );
         assert_eq!(read.admin_listen.to_string(), "0.0.0.0:9090");
-        assert_eq!(read.kafka, settings().kafka);
+        assert_eq!(
+            read.kafka,
+            KafkaSettings {
+                bootstrap_servers: "kafka-0:9092,kafka-1:9092".into(),
+                properties: BTreeMap::new(),
+                properties_file: None,
+            }
+        );
     }
 
     #[test]
@@ -459,16 +485,76 @@ mod tests {
     fn the_checksum_follows_the_config() {
         let ec = consumer(json!({"topics": ["t"], "sink": {"url": "http://s/"}}));
         let render = |ec: &EventConsumer| {
-            config_checksum(&render_config(&consumer_config(
-                ec,
-                &resolved(),
-                &settings(),
-            )))
+            config_checksum(
+                &render_config(&consumer_config(ec, &resolved(), &settings())),
+                None,
+            )
         };
         let before = render(&ec);
         assert_eq!(before, render(&ec), "the same spec gives the same checksum");
         let changed = consumer(json!({"topics": ["t"], "sink": {"url": "http://other/"}}));
         assert_ne!(before, render(&changed));
+    }
+
+    #[test]
+    fn with_a_kafka_secret_the_pods_mount_it_and_the_config_names_its_file() {
+        let ec = consumer(json!({"topics": ["t"], "sink": {"url": "http://s/"}}));
+        let rendered = render_config(&consumer_config(&ec, &resolved(), &with_kafka_secret()));
+        let read = ConsumerConfig::from_yaml(&rendered).unwrap();
+        assert_eq!(
+            read.kafka,
+            KafkaSettings {
+                bootstrap_servers: "kafka-0:9092,kafka-1:9092".into(),
+                properties: BTreeMap::new(),
+                properties_file: Some("/etc/omninode-bridge/kafka/properties.yaml".into()),
+            }
+        );
+        let plain = render_config(&consumer_config(&ec, &resolved(), &settings()));
+        assert!(!plain.contains("properties"), "{plain}");
+
+        let one = kafka_secret("sasl.password: one\n");
+        let checksum = config_checksum(&rendered, Some(&one));
+        assert_eq!(checksum, config_checksum(&rendered, Some(&one)));
+        assert_ne!(
+            checksum,
+            config_checksum(&rendered, Some(&kafka_secret("sasl.password: two\n")))
+        );
+        assert_ne!(checksum, config_checksum(&rendered, None));
+
+        let pod = desired_deployment(&ec, &with_kafka_secret(), &checksum, 1)
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        let mount = pod.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.mount_path == "/etc/omninode-bridge/kafka")
+            .cloned()
+            .unwrap();
+        assert_eq!(mount.read_only, Some(true));
+        let volume = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == mount.name)
+            .unwrap();
+        assert_eq!(
+            volume.secret.unwrap().secret_name.as_deref(),
+            Some("kafka-client")
+        );
+        let without = desired_deployment(&ec, &settings(), &checksum, 1);
+        let volumes = without
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+            .volumes
+            .unwrap();
+        assert_eq!(volumes.len(), 1, "the config only");
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! Service and PodDisruptionBudget of `hook-receiver` (and an Ingress or HTTPRoute when
 //! exposed), built by `ingress_plan` and kept there by server-side apply.
 //!
-//! Pipeline per pass: pause → resolve the EventTopics → read the referenced Secrets → plan
-//! → apply (ConfigMap first, so a new template never mounts an old config) → prune → status.
+//! Pipeline per pass: pause → resolve the EventTopics → read the referenced Secrets (and
+//! the workloads' Kafka Secret, when the operator names one) → plan → apply (ConfigMap first, so a new template never mounts an old config) → prune → status.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use bridge_api::{EventTopic, WebhookIngress, WebhookIngressStatus, condition_typ
 use futures::StreamExt;
 use futures::future::join_all;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -27,7 +27,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::conditions::{self, Decided};
-use crate::ingress_plan::{self, COMPONENT, IngressPlan, SecretProblem};
+use crate::ingress_plan::{self, COMPONENT, IngressPlan, SecretKey, SecretProblem};
 use crate::workload::{
     self, Backoff, CONFIG_CHECKSUM_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL, NAME_LABEL,
     WorkloadContext,
@@ -280,10 +280,10 @@ pub async fn reconcile(wi: Arc<WebhookIngress>, ctx: Arc<Context>) -> Result<Act
         }
     };
 
-    let secrets = match read_secrets(&wi, &ctx.client(), &namespace).await? {
+    let secrets = match read_secrets(&wi, &ctx, &namespace).await? {
         Ok(secrets) => secrets,
         Err(problem) => {
-            let message = problem.message(&namespace);
+            let message = problem.message(&namespace, "receiver");
             if report.ready_reason() != Some(problem.reason()) {
                 event(&ctx, &wi, EventType::Warning, problem.reason(), &message).await;
             }
@@ -305,8 +305,14 @@ pub async fn reconcile(wi: Arc<WebhookIngress>, ctx: Arc<Context>) -> Result<Act
         .as_ref()
         .is_some_and(|e| e.http_route.is_some());
     let gateway_api = gateway_api_installed(&ctx.client()).await?;
-    let plan = match ingress_plan::plan(&wi, &topics, &secrets, &ctx.workload.settings, gateway_api)
-    {
+    let plan = match ingress_plan::plan(
+        &wi,
+        &topics,
+        &secrets.routes,
+        secrets.kafka.as_ref(),
+        &ctx.workload.settings,
+        gateway_api,
+    ) {
         Ok(plan) => plan,
         Err(invalid) => {
             report.set(Decided::new(
@@ -344,26 +350,38 @@ pub async fn reconcile(wi: Arc<WebhookIngress>, ctx: Arc<Context>) -> Result<Act
     Ok(ctx.resync_action())
 }
 
-/// The referenced Secrets' keys, each route's in route order; `get` only, never a watch.
+/// The Secret keys the receiver's pods read.
+struct Secrets {
+    /// Each route's, in route order (None for `none` auth).
+    routes: Vec<Option<SecretKey>>,
+    /// The workloads' Kafka Secret's, when the operator names one.
+    kafka: Option<SecretKey>,
+}
+
+/// The referenced Secrets' keys, then the Kafka Secret's; the first problem otherwise.
+/// `get` only, never a watch.
 async fn read_secrets(
     wi: &WebhookIngress,
-    client: &Client,
+    ctx: &Context,
     namespace: &str,
-) -> Result<Result<Vec<Option<ingress_plan::SecretKey>>, SecretProblem>, Error> {
-    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+) -> Result<Result<Secrets, SecretProblem>, Error> {
+    let client = ctx.client();
     let mut found = BTreeMap::new();
     for name in ingress_plan::referenced_secrets(wi) {
-        if let Some(secret) = api.get_opt(&name).await? {
-            let data: BTreeMap<String, Vec<u8>> = secret
-                .data
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(key, value)| (key, value.0))
-                .collect();
+        if let Some(data) = workload::read_secret(&client, namespace, &name).await? {
             found.insert(name, data);
         }
     }
-    Ok(ingress_plan::resolve_secrets(wi, &found))
+    let routes = match ingress_plan::resolve_secrets(wi, &found) {
+        Ok(routes) => routes,
+        Err(problem) => return Ok(Err(problem)),
+    };
+    let kafka =
+        match workload::read_kafka_secret(&client, namespace, &ctx.workload.settings).await? {
+            Ok(kafka) => kafka,
+            Err(problem) => return Ok(Err(problem)),
+        };
+    Ok(Ok(Secrets { routes, kafka }))
 }
 
 /// Whether the HTTPRoute CRD is installed (and so whether an HTTPRoute can be written or

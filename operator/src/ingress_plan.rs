@@ -37,6 +37,7 @@ use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use serde_json::json;
 
 use crate::workload::{self, CONFIG_CHECKSUM_ANNOTATION, WorkloadSettings};
+pub use crate::workload::{SecretKey, SecretProblem, SecretSource};
 
 /// The `app.kubernetes.io/name` of every object of a WebhookIngress.
 pub const COMPONENT: &str = "hook-receiver";
@@ -95,63 +96,6 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> InvalidSpec {
     }
 }
 
-/// One Secret key a route verifies with, and its value (which goes into the checksum only).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SecretKey {
-    pub name: String,
-    pub key: String,
-    pub value: Vec<u8>,
-}
-
-/// A referenced Secret that cannot be used, as a person should read it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SecretProblem {
-    /// `key`: the key the route reads, when the reference names one (or defaults to it).
-    NotFound {
-        name: String,
-        key: Option<String>,
-    },
-    KeyMissing {
-        name: String,
-        key: String,
-    },
-    /// `standardWebhooks` without a key on a Secret with several keys: the receiver reads
-    /// one file, so it cannot take "every key".
-    KeyRequired {
-        name: String,
-        route: String,
-    },
-}
-
-impl SecretProblem {
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Self::NotFound { .. } | Self::KeyMissing { .. } => "SecretNotFound",
-            Self::KeyRequired { .. } => "SecretKeyRequired",
-        }
-    }
-
-    pub fn message(&self, namespace: &str) -> String {
-        match self {
-            Self::NotFound { name, key } => {
-                let key = key
-                    .as_deref()
-                    .map(|key| format!(" with key {key}"))
-                    .unwrap_or_default();
-                format!(
-                    "Secret {namespace}/{name} does not exist: create it{key}, or fix the secretRef; the running receiver, if any, is left as it is"
-                )
-            }
-            Self::KeyMissing { name, key } => format!(
-                "Secret {namespace}/{name} has no key {key}: add it, or set secretRef.key to a key it has; the running receiver, if any, is left as it is"
-            ),
-            Self::KeyRequired { name, route } => format!(
-                "route {route}: Secret {namespace}/{name} has several keys and the receiver reads one file: put the secrets, separated by whitespace, in one key and name it in secretRef.key"
-            ),
-        }
-    }
-}
-
 /// The Secret a route's auth names, if any.
 pub fn secret_ref(route: &Route) -> Option<&SecretRef> {
     match route.auth.kind()? {
@@ -198,7 +142,11 @@ pub fn resolve_secrets(
                     (None, true) => None,
                     (None, false) => Some(DEFAULT_SECRET_KEY.to_owned()),
                 };
-                return Err(SecretProblem::NotFound { name, key });
+                return Err(SecretProblem::NotFound {
+                    name,
+                    key,
+                    source: SecretSource::Route,
+                });
             };
             let key = match (&reference.key, standard) {
                 (Some(key), _) => key.clone(),
@@ -218,7 +166,11 @@ pub fn resolve_secrets(
                     key,
                     value: value.clone(),
                 })),
-                None => Err(SecretProblem::KeyMissing { name, key }),
+                None => Err(SecretProblem::KeyMissing {
+                    name,
+                    key,
+                    source: SecretSource::Route,
+                }),
             }
         })
         .collect()
@@ -382,7 +334,7 @@ pub fn receiver_config(
             workload::namespace_of(wi),
             wi.name_any()
         ),
-        kafka: settings.kafka.clone(),
+        kafka: settings.workload_kafka(),
         spool: SpoolConfig {
             dir: PathBuf::from(SPOOL_DIR),
             max_bytes,
@@ -420,12 +372,14 @@ pub struct IngressPlan {
     pub routes: Vec<RouteStatus>,
 }
 
-/// The whole desired state of `wi`. `gateway_api`: whether the HTTPRoute CRD is installed
-/// (the route URLs point at the Service otherwise).
+/// The whole desired state of `wi`. `kafka_secret`: the workloads' Kafka Secret key, read
+/// when `settings` names one. `gateway_api`: whether the HTTPRoute CRD is installed (the
+/// route URLs point at the Service otherwise).
 pub fn plan(
     wi: &WebhookIngress,
     topics: &[String],
     secrets: &[Option<SecretKey>],
+    kafka_secret: Option<&SecretKey>,
     settings: &WorkloadSettings,
     gateway_api: bool,
 ) -> Result<IngressPlan, InvalidSpec> {
@@ -447,7 +401,7 @@ pub fn plan(
             format!("the receiver config cannot be written: {e}"),
         )
     })?;
-    let checksum = config_checksum(&config_text, secrets);
+    let checksum = config_checksum(&config_text, secrets, kafka_secret);
     let http_route = wi
         .spec
         .expose
@@ -469,20 +423,14 @@ pub fn plan(
     })
 }
 
-/// Changes when the config or any Secret value the pods read does, and only then.
-pub fn config_checksum(config_text: &str, secrets: &[Option<SecretKey>]) -> String {
-    let mut secret_parts: Vec<&SecretKey> = secrets.iter().flatten().collect();
-    secret_parts.sort_by(|a, b| (&a.name, &a.key).cmp(&(&b.name, &b.key)));
-    secret_parts.dedup_by(|a, b| a.name == b.name && a.key == b.key);
-    let mut parts: Vec<&[u8]> = vec![config_text.as_bytes()];
-    for secret in secret_parts {
-        parts.extend([
-            secret.name.as_bytes(),
-            secret.key.as_bytes(),
-            secret.value.as_slice(),
-        ]);
-    }
-    workload::checksum(parts)
+/// Changes when the config or any Secret value the pods read (the routes' and the Kafka
+/// Secret's) does, and only then.
+pub fn config_checksum(
+    config_text: &str,
+    secrets: &[Option<SecretKey>],
+    kafka_secret: Option<&SecretKey>,
+) -> String {
+    workload::config_checksum(config_text, secrets.iter().flatten().chain(kafka_secret))
 }
 
 fn metadata(wi: &WebhookIngress, name: String) -> ObjectMeta {
@@ -589,6 +537,10 @@ pub fn desired_deployment(
             read_only: Some(true),
             ..Default::default()
         });
+    }
+    if let Some((volume, mount)) = settings.kafka_secret_mount() {
+        volumes.push(volume);
+        mounts.push(mount);
     }
     let spool_mount = VolumeMount {
         name: "spool".into(),
@@ -870,11 +822,16 @@ mod tests {
         WorkloadSettings {
             image: "omninode/bridge:test".into(),
             image_pull_policy: Some("IfNotPresent".into()),
-            kafka: KafkaSettings {
-                bootstrap_servers: "kafka-0:9092,kafka-1:9092".into(),
-                properties: BTreeMap::from([("security.protocol".into(), "SSL".into())]),
-                properties_file: None,
-            },
+            kafka_bootstrap_servers: "kafka-0:9092,kafka-1:9092".into(),
+            kafka_secret: None,
+        }
+    }
+
+    fn kafka_secret(properties: &str) -> SecretKey {
+        SecretKey {
+            name: "kafka-client".into(),
+            key: "properties.yaml".into(),
+            value: properties.as_bytes().to_vec(),
         }
     }
 
@@ -928,7 +885,7 @@ mod tests {
 
     fn plan_of(wi: &WebhookIngress, github_secret: &[u8], gateway: bool) -> IngressPlan {
         let secrets = resolve_secrets(wi, &secret_data(github_secret)).unwrap();
-        plan(wi, &topics(), &secrets, &settings(), gateway).unwrap()
+        plan(wi, &topics(), &secrets, None, &settings(), gateway).unwrap()
     }
 
     #[test]
@@ -939,7 +896,14 @@ mod tests {
         assert_eq!(config.source, "/namespaces/team-a/webhookingresses/github");
         assert_eq!(config.listen.to_string(), "0.0.0.0:8080");
         assert_eq!(config.admin_listen.to_string(), "0.0.0.0:9090");
-        assert_eq!(config.kafka, settings().kafka);
+        assert_eq!(
+            config.kafka,
+            KafkaSettings {
+                bootstrap_servers: "kafka-0:9092,kafka-1:9092".into(),
+                properties: BTreeMap::new(),
+                properties_file: None,
+            }
+        );
         assert_eq!(config.spool.dir, PathBuf::from(SPOOL_DIR));
         assert_eq!(config.spool.max_bytes, 1 << 30);
         let github = &config.routes[0];
@@ -1001,15 +965,16 @@ mod tests {
             Err(SecretProblem::NotFound {
                 name: "github-webhook".into(),
                 key: Some("secret".into()),
+                source: SecretSource::Route,
             })
         );
         let problem = resolve_secrets(&wi, &data).unwrap_err();
         assert!(
             problem
-                .message("team-a")
+                .message("team-a", "receiver")
                 .contains("Secret team-a/github-webhook does not exist: create it with key secret"),
             "{}",
-            problem.message("team-a")
+            problem.message("team-a", "receiver")
         );
         let mut data = secret_data(b"x");
         data.get_mut("hmac").unwrap().clear();
@@ -1017,10 +982,78 @@ mod tests {
         assert_eq!(problem.reason(), "SecretNotFound");
         assert!(
             problem
-                .message("team-a")
+                .message("team-a", "receiver")
                 .contains("team-a/hmac has no key token")
         );
         assert_eq!(referenced_secrets(&wi), vec!["github-webhook", "hmac"]);
+    }
+
+    #[test]
+    fn with_a_kafka_secret_the_pods_mount_it_and_the_config_names_its_file() {
+        let wi = github();
+        let secrets = resolve_secrets(&wi, &secret_data(b"x")).unwrap();
+        let settings = WorkloadSettings {
+            kafka_secret: Some("kafka-client".into()),
+            ..settings()
+        };
+        let kafka = kafka_secret("sasl.password: one\n");
+        let plan_with = |kafka: &SecretKey| {
+            plan(&wi, &topics(), &secrets, Some(kafka), &settings, false).unwrap()
+        };
+        let with = plan_with(&kafka);
+        let text = &with.config_map.data.as_ref().unwrap()[CONFIG_KEY];
+        let config = ReceiverConfig::parse(text).unwrap();
+        assert_eq!(
+            config.kafka,
+            KafkaSettings {
+                bootstrap_servers: "kafka-0:9092,kafka-1:9092".into(),
+                properties: BTreeMap::new(),
+                properties_file: Some("/etc/omninode-bridge/kafka/properties.yaml".into()),
+            }
+        );
+        assert!(!text.contains("sasl"), "{text}");
+
+        let pod = with.deployment.spec.unwrap().template.spec.unwrap();
+        let mount = pod.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.mount_path == "/etc/omninode-bridge/kafka")
+            .cloned()
+            .unwrap();
+        assert_eq!(mount.read_only, Some(true));
+        let volume = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == mount.name)
+            .unwrap();
+        assert_eq!(
+            volume.secret.unwrap().secret_name.as_deref(),
+            Some("kafka-client")
+        );
+
+        // Rotated credentials roll the pods.
+        assert_eq!(with.checksum, plan_with(&kafka).checksum);
+        assert_ne!(
+            with.checksum,
+            plan_with(&kafka_secret("sasl.password: two\n")).checksum
+        );
+    }
+
+    #[test]
+    fn without_a_kafka_secret_nothing_of_kafka_is_mounted() {
+        let plan = plan_of(&github(), b"x", false);
+        let text = &plan.config_map.data.as_ref().unwrap()[CONFIG_KEY];
+        assert!(!text.contains("propertiesFile"), "{text}");
+        assert!(!text.contains("properties"), "{text}");
+        let pod = plan.deployment.spec.unwrap().template.spec.unwrap();
+        assert!(
+            pod.volumes
+                .unwrap()
+                .iter()
+                .all(|v| v.name != workload::KAFKA_SECRET_VOLUME)
+        );
     }
 
     #[test]
@@ -1292,7 +1325,7 @@ mod tests {
         let mut wi = github();
         wi.spec.spool.size_limit = Quantity("1Ki".into());
         let secrets = resolve_secrets(&wi, &secret_data(b"x")).unwrap();
-        let error = plan(&wi, &topics(), &secrets, &settings(), false).unwrap_err();
+        let error = plan(&wi, &topics(), &secrets, None, &settings(), false).unwrap_err();
         assert_eq!(error.field, "spec.spool.sizeLimit");
     }
 }

@@ -37,9 +37,17 @@ struct Args {
     #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS")]
     kafka_bootstrap_servers: String,
 
-    /// A YAML map of librdkafka properties (TLS, SASL, ...) added to every Kafka client.
+    /// A YAML map of librdkafka properties (TLS, SASL, ...) added to the operator's own
+    /// Kafka clients. Never copied into the workloads: see --workload-kafka-secret.
     #[arg(long, env = "KAFKA_PROPERTIES_FILE")]
     kafka_properties: Option<PathBuf>,
+
+    /// The Secret, in each namespace with WebhookIngresses or EventConsumers, whose key
+    /// `properties.yaml` (a YAML map of librdkafka properties: security.protocol, sasl.*,
+    /// ssl.*.pem, ...) the workload Pods mount and connect to Kafka with. Unset: the
+    /// workloads connect with the bootstrap servers only.
+    #[arg(long, env = "BRIDGE_WORKLOAD_KAFKA_SECRET")]
+    workload_kafka_secret: Option<String>,
 
     /// Namespaces to watch, comma-separated; all namespaces when unset.
     #[arg(long, env = "WATCH_NAMESPACES", value_delimiter = ',')]
@@ -97,8 +105,8 @@ enum StartupError {
     CrdNotEstablished(&'static str, String),
     #[error("checking the CRD {0} failed: {1}")]
     CrdCheck(&'static str, #[source] kube::Error),
-    #[error("reading --kafka-properties {0}: {1}")]
-    KafkaProperties(PathBuf, String),
+    #[error("--kafka-properties: {0}")]
+    KafkaProperties(String),
     #[error("creating the Kafka client failed: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("leader election failed: {0}")]
@@ -121,13 +129,21 @@ async fn run(args: Args) -> Result<(), StartupError> {
     let client = Client::try_default().await.map_err(StartupError::Client)?;
     check_crds(&client).await?;
 
-    // The workloads connect to Kafka as the operator does.
-    let kafka_settings = KafkaSettings {
+    // The operator's own Kafka clients; the workloads get the bootstrap servers and, when
+    // --workload-kafka-secret is set, a Secret in their own namespace.
+    let kafka = KafkaSettings {
         bootstrap_servers: args.kafka_bootstrap_servers.clone(),
-        properties: kafka_properties(args.kafka_properties.as_deref())?,
-        properties_file: None,
-    };
-    let kafka = kafka_settings.client_config();
+        properties: BTreeMap::new(),
+        properties_file: args.kafka_properties.clone(),
+    }
+    .resolve()
+    .map_err(|e| StartupError::KafkaProperties(e.to_string()))?
+    .client_config();
+    if args.kafka_properties.is_some() && args.workload_kafka_secret.is_none() {
+        tracing::warn!(
+            "--kafka-properties applies to the operator's own Kafka clients only: the WebhookIngress and EventConsumer workloads connect with the bootstrap servers only. To give them credentials, create a Secret with the key properties.yaml (a YAML map of librdkafka properties) in each of their namespaces and name it with --workload-kafka-secret (BRIDGE_WORKLOAD_KAFKA_SECRET; Helm value kafka.workloadPropertiesSecret)"
+        );
+    }
 
     let mut registry = Registry::with_prefix("bridge_operator");
     let metrics = Arc::new(Metrics::register(&mut registry));
@@ -202,8 +218,10 @@ async fn run(args: Args) -> Result<(), StartupError> {
         settings: WorkloadSettings {
             image: args.workload_image.clone(),
             image_pull_policy: args.workload_image_pull_policy.clone(),
-            kafka: kafka_settings,
+            kafka_bootstrap_servers: args.kafka_bootstrap_servers.clone(),
+            kafka_secret: args.workload_kafka_secret.clone(),
         },
+        kafka: kafka.clone(),
         recorder,
         metrics: metrics.clone(),
         resync: args.resync_interval,
@@ -320,20 +338,4 @@ async fn check_crds(client: &Client) -> Result<(), StartupError> {
         }
     }
     Ok(())
-}
-
-fn kafka_properties(
-    path: Option<&std::path::Path>,
-) -> Result<BTreeMap<String, String>, StartupError> {
-    let Some(path) = path else {
-        return Ok(BTreeMap::new());
-    };
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| StartupError::KafkaProperties(path.to_owned(), e.to_string()))?;
-    serde_yaml::from_str(&text).map_err(|e| {
-        StartupError::KafkaProperties(
-            path.to_owned(),
-            format!("expected a YAML map of librdkafka property names to string values: {e}"),
-        )
-    })
 }

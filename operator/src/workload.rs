@@ -1,8 +1,9 @@
 //! What the WebhookIngress and EventConsumer controllers share: the operator's settings for
-//! the workloads it runs (image, Kafka client settings), the labels and owner reference on
-//! every object it writes, server-side apply, the pruning of owned objects the spec no
-//! longer asks for, the restricted security context, and how a Deployment's progress and a
-//! referenced EventTopic read as conditions.
+//! the workloads it runs (image, Kafka bootstrap servers, the Secret with their Kafka client
+//! properties), the labels and owner reference on every object it writes, server-side
+//! apply, the pruning of owned objects the spec no longer asks for, the restricted security
+//! context, how the Secrets the pods mount are read, checksummed and reported when missing,
+//! and how a Deployment's progress and a referenced EventTopic read as conditions.
 //!
 //! The "build the desired object" functions here and in `ingress_plan` / `consumer_plan` are
 //! pure, so they are unit-tested without an API server.
@@ -16,7 +17,8 @@ use bridge_api::{EventTopic, condition_type, find_condition};
 use bridge_events::KafkaSettings;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
-    Capabilities, PodSecurityContext, SeccompProfile, SecurityContext,
+    Capabilities, PodSecurityContext, SeccompProfile, Secret, SecretVolumeSource, SecurityContext,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
@@ -39,21 +41,76 @@ pub const PART_OF_LABEL: &str = "app.kubernetes.io/part-of";
 /// Secrets they mount), so a change to any of it rolls the pods.
 pub const CONFIG_CHECKSUM_ANNOTATION: &str = "bridge.omninode.io/config-checksum";
 
+/// The key of the workloads' Kafka Secret (`--workload-kafka-secret`): a YAML map of
+/// librdkafka properties.
+pub const KAFKA_SECRET_KEY: &str = "properties.yaml";
+/// Where every workload Pod mounts that Secret.
+pub const KAFKA_SECRET_DIR: &str = "/etc/omninode-bridge/kafka";
+/// The name of that volume in the pod template.
+pub const KAFKA_SECRET_VOLUME: &str = "kafka-client";
+
 /// How the operator runs the workloads, from its own flags: the same image and Kafka
 /// connection for every WebhookIngress and EventConsumer.
+///
+/// The operator's own librdkafka properties (`--kafka-properties`) are never written into
+/// a workload: ConfigMaps in user namespaces are no place for credentials. The workloads
+/// read theirs from `kafka_secret`, a Secret in their own namespace that their Pods mount.
 #[derive(Debug, Clone)]
 pub struct WorkloadSettings {
     /// The image holding `hook-receiver` and `event-consumer` (on its PATH).
     pub image: String,
     pub image_pull_policy: Option<String>,
-    /// Written into every service config's `kafka:` block.
-    pub kafka: KafkaSettings,
+    /// The operator's `--kafka-bootstrap-servers`, written into every service config.
+    pub kafka_bootstrap_servers: String,
+    /// `--workload-kafka-secret`: the Secret, in each workload's namespace, whose key
+    /// [`KAFKA_SECRET_KEY`] holds the workloads' librdkafka properties. None: the workloads
+    /// connect with the bootstrap servers only.
+    pub kafka_secret: Option<String>,
+}
+
+impl WorkloadSettings {
+    /// The `kafka:` block of every service config: the bootstrap servers, and the mounted
+    /// Secret's file when there is one. Never a property of the operator's own.
+    pub fn workload_kafka(&self) -> KafkaSettings {
+        KafkaSettings {
+            bootstrap_servers: self.kafka_bootstrap_servers.clone(),
+            properties: BTreeMap::new(),
+            properties_file: self
+                .kafka_secret
+                .as_ref()
+                .map(|_| format!("{KAFKA_SECRET_DIR}/{KAFKA_SECRET_KEY}").into()),
+        }
+    }
+
+    /// The volume and read-only mount of the Kafka Secret, when one is configured.
+    pub fn kafka_secret_mount(&self) -> Option<(Volume, VolumeMount)> {
+        let secret = self.kafka_secret.as_ref()?;
+        Some((
+            Volume {
+                name: KAFKA_SECRET_VOLUME.into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(secret.clone()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: KAFKA_SECRET_VOLUME.into(),
+                mount_path: KAFKA_SECRET_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+        ))
+    }
 }
 
 /// What a workload controller needs at reconcile time.
 pub struct WorkloadContext {
     pub client: Client,
     pub settings: WorkloadSettings,
+    /// The operator's own Kafka client configuration (lag, replays), with its
+    /// `--kafka-properties`: never written into a workload.
+    pub kafka: rdkafka::ClientConfig,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     /// How often each object is looked at again with nothing changed: lag, Secrets (which
@@ -98,6 +155,174 @@ pub fn checksum<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// Changes when the config text or any Secret value the pods read does, and only then.
+/// Each Secret key counts once, whatever order or how many times it is given.
+pub fn config_checksum<'a>(
+    config_text: &str,
+    secrets: impl IntoIterator<Item = &'a SecretKey>,
+) -> String {
+    let mut secrets: Vec<&SecretKey> = secrets.into_iter().collect();
+    secrets.sort_by(|a, b| (&a.name, &a.key).cmp(&(&b.name, &b.key)));
+    secrets.dedup_by(|a, b| a.name == b.name && a.key == b.key);
+    let mut parts: Vec<&[u8]> = vec![config_text.as_bytes()];
+    for secret in secrets {
+        parts.extend([
+            secret.name.as_bytes(),
+            secret.key.as_bytes(),
+            secret.value.as_slice(),
+        ]);
+    }
+    checksum(parts)
+}
+
+/// One Secret key the pods read, and its value (which goes into the checksum only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretKey {
+    pub name: String,
+    pub key: String,
+    pub value: Vec<u8>,
+}
+
+/// Who names a Secret the pods mount: what a person fixes when it is missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretSource {
+    /// A WebhookIngress route's `auth.*.secretRef`.
+    Route,
+    /// The operator's `--workload-kafka-secret`, the same name in every namespace.
+    KafkaClient,
+}
+
+/// A Secret the pods mount that cannot be used, as a person should read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretProblem {
+    /// `key`: the key that is read, when the reference names one (or defaults to it).
+    NotFound {
+        name: String,
+        key: Option<String>,
+        source: SecretSource,
+    },
+    KeyMissing {
+        name: String,
+        key: String,
+        source: SecretSource,
+    },
+    /// `standardWebhooks` without a key on a Secret with several keys: the receiver reads
+    /// one file, so it cannot take "every key".
+    KeyRequired { name: String, route: String },
+}
+
+impl SecretProblem {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NotFound { .. } | Self::KeyMissing { .. } => "SecretNotFound",
+            Self::KeyRequired { .. } => "SecretKeyRequired",
+        }
+    }
+
+    /// The condition message; `workload` names what runs ("receiver", "consumer").
+    pub fn message(&self, namespace: &str, workload: &str) -> String {
+        let left = format!("the running {workload}, if any, is left as it is");
+        match self {
+            Self::NotFound {
+                name,
+                key,
+                source: SecretSource::Route,
+            } => {
+                let key = key
+                    .as_deref()
+                    .map(|key| format!(" with key {key}"))
+                    .unwrap_or_default();
+                format!(
+                    "Secret {namespace}/{name} does not exist: create it{key}, or fix the secretRef; {left}"
+                )
+            }
+            Self::NotFound {
+                name,
+                key,
+                source: SecretSource::KafkaClient,
+            } => format!(
+                "Secret {namespace}/{name} does not exist: create it with key {} (a YAML map of the librdkafka properties the workloads of this namespace connect to Kafka with; the operator's --workload-kafka-secret names it); {left}",
+                key.as_deref().unwrap_or(KAFKA_SECRET_KEY)
+            ),
+            Self::KeyMissing {
+                name,
+                key,
+                source: SecretSource::Route,
+            } => format!(
+                "Secret {namespace}/{name} has no key {key}: add it, or set secretRef.key to a key it has; {left}"
+            ),
+            Self::KeyMissing {
+                name,
+                key,
+                source: SecretSource::KafkaClient,
+            } => format!(
+                "Secret {namespace}/{name} has no key {key}: add it, a YAML map of librdkafka properties (the operator's --workload-kafka-secret names this Secret); {left}"
+            ),
+            Self::KeyRequired { name, route } => format!(
+                "route {route}: Secret {namespace}/{name} has several keys and the receiver reads one file: put the secrets, separated by whitespace, in one key and name it in secretRef.key"
+            ),
+        }
+    }
+}
+
+/// The data of the Secret `name` of `namespace`, if it exists: `get` only, never a list or
+/// a watch (the operator may do no more with Secrets).
+pub async fn read_secret(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<BTreeMap<String, Vec<u8>>>, kube::Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    Ok(api.get_opt(name).await?.map(|secret| {
+        secret
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(key, value)| (key, value.0))
+            .collect()
+    }))
+}
+
+/// The workloads' Kafka properties key of the Secret `name`, from its data if it exists.
+pub fn resolve_kafka_secret(
+    name: &str,
+    data: Option<&BTreeMap<String, Vec<u8>>>,
+) -> Result<SecretKey, SecretProblem> {
+    let Some(data) = data else {
+        return Err(SecretProblem::NotFound {
+            name: name.into(),
+            key: Some(KAFKA_SECRET_KEY.into()),
+            source: SecretSource::KafkaClient,
+        });
+    };
+    match data.get(KAFKA_SECRET_KEY) {
+        Some(value) => Ok(SecretKey {
+            name: name.into(),
+            key: KAFKA_SECRET_KEY.into(),
+            value: value.clone(),
+        }),
+        None => Err(SecretProblem::KeyMissing {
+            name: name.into(),
+            key: KAFKA_SECRET_KEY.into(),
+            source: SecretSource::KafkaClient,
+        }),
+    }
+}
+
+/// Reads the workloads' Kafka Secret in `namespace`, when one is configured: its
+/// properties key (for the checksum), or what is wrong with it.
+pub async fn read_kafka_secret(
+    client: &Client,
+    namespace: &str,
+    settings: &WorkloadSettings,
+) -> Result<Result<Option<SecretKey>, SecretProblem>, kube::Error> {
+    let Some(name) = &settings.kafka_secret else {
+        return Ok(Ok(None));
+    };
+    let data = read_secret(client, namespace, name).await?;
+    Ok(resolve_kafka_secret(name, data.as_ref()).map(Some))
 }
 
 /// Server-side apply of the whole desired object, owned by the operator's field manager.
@@ -392,6 +617,61 @@ mod tests {
         assert_eq!(a, checksum([b"ab".as_slice(), b"c".as_slice()]));
         assert_ne!(a, checksum([b"a".as_slice(), b"bc".as_slice()]));
         assert_ne!(a, checksum([b"ab".as_slice(), b"d".as_slice()]));
+    }
+
+    #[test]
+    fn the_kafka_secret_resolves_to_its_properties_key_or_is_named_as_missing() {
+        let data = BTreeMap::from([("properties.yaml".to_owned(), b"a: b\n".to_vec())]);
+        assert_eq!(
+            resolve_kafka_secret("kafka-client", Some(&data)),
+            Ok(SecretKey {
+                name: "kafka-client".into(),
+                key: "properties.yaml".into(),
+                value: b"a: b\n".to_vec(),
+            })
+        );
+        let missing = resolve_kafka_secret("kafka-client", None).unwrap_err();
+        assert_eq!(missing.reason(), "SecretNotFound");
+        let message = missing.message("team-a", "consumer");
+        assert!(
+            message.contains(
+                "Secret team-a/kafka-client does not exist: create it with key properties.yaml"
+            ),
+            "{message}"
+        );
+        assert!(message.contains("--workload-kafka-secret"), "{message}");
+        assert!(message.contains("the running consumer"), "{message}");
+        let no_key = resolve_kafka_secret("kafka-client", Some(&BTreeMap::new())).unwrap_err();
+        assert_eq!(no_key.reason(), "SecretNotFound");
+        assert!(
+            no_key
+                .message("team-a", "receiver")
+                .contains("Secret team-a/kafka-client has no key properties.yaml"),
+            "{}",
+            no_key.message("team-a", "receiver")
+        );
+    }
+
+    #[test]
+    fn workloads_get_the_bootstrap_servers_and_at_most_the_secrets_file() {
+        let mut settings = WorkloadSettings {
+            image: "i".into(),
+            image_pull_policy: None,
+            kafka_bootstrap_servers: "k:9092".into(),
+            kafka_secret: None,
+        };
+        let kafka = settings.workload_kafka();
+        assert_eq!(kafka.bootstrap_servers, "k:9092");
+        assert!(kafka.properties.is_empty() && kafka.properties_file.is_none());
+        assert!(settings.kafka_secret_mount().is_none());
+        settings.kafka_secret = Some("kafka-client".into());
+        assert_eq!(
+            settings.workload_kafka().properties_file,
+            Some("/etc/omninode-bridge/kafka/properties.yaml".into())
+        );
+        let (volume, mount) = settings.kafka_secret_mount().unwrap();
+        assert_eq!(volume.name, mount.name);
+        assert_eq!(mount.mount_path, "/etc/omninode-bridge/kafka");
     }
 
     fn topic(ready: Option<(&str, &str)>) -> EventTopic {

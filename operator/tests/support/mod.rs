@@ -31,6 +31,11 @@ impl Operator {
     /// Starts the operator watching `namespaces` (its leader-election Lease lives in the
     /// first), and waits until it leads.
     pub async fn start(namespaces: &[&str]) -> Self {
+        Self::start_with(namespaces, &[]).await
+    }
+
+    /// As [`Operator::start`], with `extra_args` appended to the operator's command line.
+    pub async fn start_with(namespaces: &[&str], extra_args: &[&str]) -> Self {
         let stack = Stack::from_env().unwrap();
         install_crds(&stack.kube_client().await).await;
         let admin = free_address();
@@ -51,6 +56,7 @@ impl Operator {
                 "--identity",
                 &format!("test-{}", namespaces[0]),
             ])
+            .args(extra_args)
             .env("KAFKA_BOOTSTRAP_SERVERS", &stack.kafka_bootstrap_servers)
             .env("RUST_LOG", "info,kube=warn")
             .stdout(Stdio::null())

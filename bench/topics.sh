@@ -2,7 +2,13 @@
 # EventTopic benchmark: N EventTopics (1 partition, RF 3) applied in one server-side apply,
 # time until all are Ready and the operator's peak RSS; side by side in the same run with
 # the floor, a bare admin-API program creating the same number of topics.
-# Usage: bench/topics.sh N      (prints one Markdown table row; deletes its topics after)
+# Then drift correction: with the operator stopped, every spec asks for 2 partitions and
+# 7 days of retention; the time from the operator's start until Kafka has every change
+# (its own metrics), and until every status shows it, with the number of AlterConfigs and
+# CreatePartitions requests it took. With BEFORE_BINARY=path (an operator built from an
+# older commit), the same once more (3 partitions, 14 days) with that binary.
+# Usage: [BEFORE_BINARY=...] bench/topics.sh N
+#   prints Markdown table rows; deletes its topics after
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:?usage: bench/topics.sh N}
@@ -25,6 +31,47 @@ trap cleanup EXIT
 
 # The floor.
 floor_seconds=$("${CARGO_TARGET_DIR:-target}/release/examples/create_topics" "$KAFKA_BOOTSTRAP_SERVERS" "floor-$RUN_ID" "$N")
+# Its topics are not needed any more: fewer files open on the brokers for what follows.
+kafka-topics --bootstrap-server "$KAFKA_BOOTSTRAP_SERVERS" --delete --topic "floor-$RUN_ID-.*" >/dev/null 2>&1 || true
+
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+seconds() { printf '%d.%d s' $(($1 / 1000)) $(($1 % 1000 / 100)); }
+# start_operator BINARY LOG: starts it on a fresh admin port (ADMIN_PORT), waits until it leads.
+start_operator() {
+  ADMIN_PORT=$(free_port)
+  "$1" --watch-namespaces "$NS" --leader-election-namespace "$NS" \
+    --identity "bench-$RUN_ID" --admin-listen "127.0.0.1:$ADMIN_PORT" --resync-interval 5m \
+    2> "$2" &
+  OPERATOR_PID=$!
+  for _ in $(seq 1 100); do
+    grep -q "leading: starting controllers" "$2" && break
+    sleep 0.2
+  done
+}
+stop_operator() {
+  kill "$OPERATOR_PID" 2>/dev/null || true
+  wait "$OPERATOR_PID" 2>/dev/null || true
+  OPERATOR_PID=
+}
+# A sample of the running operator's /metrics, 0 when absent.
+metric() { # name labels
+  curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" |
+    awk -v key="$1{$2}" '$1 == key {v = $2} END {printf "%d\n", v + 0}'
+}
+# Topics the running operator has written with OPERATION: its batch-size histogram's sum,
+# or, for a build from before write batching (one topic per request), its request count.
+topics_written() { # operation
+  local sum
+  sum=$(metric bridge_operator_kafka_admin_batch_size_sum "operation=\"$1\"")
+  if [ "$sum" -eq 0 ]; then metric bridge_operator_kafka_writes_total "operation=\"$1\""; else echo "$sum"; fi
+}
+# How many EventTopics show PARTITIONS in status, with the current generation observed.
+statuses_in_line() { # partitions
+  kubectl get eventtopics -n "$NS" --request-timeout=60s \
+    -o jsonpath='{range .items[*]}{.status.partitions} {.status.observedGeneration} {.metadata.generation}{"\n"}{end}' |
+    awk -v p="$1" '$1 == p && $2 == $3 {n++} END {print n + 0}'
+}
 
 # The operator, watching a namespace of its own.
 kubectl create namespace "$NS" >/dev/null
@@ -32,14 +79,8 @@ for i in $(seq 0 $((N - 1))); do
   printf -- '---\napiVersion: bridge.omninode.io/v1alpha1\nkind: EventTopic\nmetadata: {name: t%d, namespace: %s}\nspec: {topicName: op-%s-%d, partitions: 1}\n' \
     "$i" "$NS" "$RUN_ID" "$i"
 done > "$WORK/eventtopics.yaml"
-"${CARGO_TARGET_DIR:-target}/release/bridge-operator" --watch-namespaces "$NS" --leader-election-namespace "$NS" \
-  --identity "bench-$RUN_ID" --admin-listen 127.0.0.1:0 --resync-interval 5m \
-  2> "$WORK/operator.log" &
-OPERATOR_PID=$!
-for _ in $(seq 1 100); do
-  grep -q "leading: starting controllers" "$WORK/operator.log" && break
-  sleep 0.2
-done
+OPERATOR=${CARGO_TARGET_DIR:-target}/release/bridge-operator
+start_operator "$OPERATOR" "$WORK/operator.log"
 
 started_ms=$(($(date +%s%N) / 1000000))
 kubectl apply --server-side -f "$WORK/eventtopics.yaml" >/dev/null
@@ -57,6 +98,44 @@ done
 operator_ms=$(($(date +%s%N) / 1000000 - started_ms))
 peak_kib=$(awk '/VmHWM/ {print $2}' "/proc/$OPERATOR_PID/status")
 
-# Columns: N | apply to all Ready | of which kubectl's apply | floor | operator peak RSS
-printf '| %d | %d.%d s | %d.%d s | %s s | %d MiB |\n' "$N" $((operator_ms / 1000)) $((operator_ms % 1000 / 100)) \
-  $((apply_ms / 1000)) $((apply_ms % 1000 / 100)) "$floor_seconds" $((peak_kib / 1024))
+# Columns: N | apply to all Ready | of which kubectl's apply | floor | operator peak RSS | load
+printf '| %d | %d.%d s | %d.%d s | %s s | %d MiB | %s |\n' "$N" $((operator_ms / 1000)) $((operator_ms % 1000 / 100)) \
+  $((apply_ms / 1000)) $((apply_ms % 1000 / 100)) "$floor_seconds" $((peak_kib / 1024)) \
+  "$(cut -d' ' -f1 /proc/loadavg)"
+
+# Drift correction: the specs change while no operator runs, so the next one finds all N
+# topics out of line at once (as after an operator upgrade, or a bulk change by hand).
+drift() { # label binary partitions retention
+  stop_operator
+  for i in $(seq 0 $((N - 1))); do
+    printf -- '---\napiVersion: bridge.omninode.io/v1alpha1\nkind: EventTopic\nmetadata: {name: t%d, namespace: %s}\nspec: {topicName: op-%s-%d, partitions: %d, retention: %s}\n' \
+      "$i" "$NS" "$RUN_ID" "$i" "$3" "$4"
+  done > "$WORK/drift-$3.yaml"
+  kubectl apply --server-side -f "$WORK/drift-$3.yaml" >/dev/null
+  local started kafka_ms=0 status_ms=0 configs partitions
+  started=$(now_ms)
+  start_operator "$2" "$WORK/operator-$3.log"
+  while [ "$kafka_ms" -eq 0 ] || [ "$status_ms" -eq 0 ]; do
+    sleep 0.5
+    if [ "$kafka_ms" -eq 0 ] && [ "$(topics_written alter_configs)" -ge "$N" ] &&
+      [ "$(topics_written create_partitions)" -ge "$N" ]; then
+      kafka_ms=$(($(now_ms) - started))
+    fi
+    if [ "$status_ms" -eq 0 ] && [ "$(statuses_in_line "$3")" -ge "$N" ]; then
+      status_ms=$(($(now_ms) - started))
+    fi
+    if [ $(($(now_ms) - started)) -gt 1800000 ]; then
+      echo "bench: drift ($1) not corrected after 30 minutes" >&2
+      exit 1
+    fi
+  done
+  configs=$(metric bridge_operator_kafka_writes_total 'operation="alter_configs"')
+  partitions=$(metric bridge_operator_kafka_writes_total 'operation="create_partitions"')
+  # Columns: operator | N | start to all changes in Kafka | to all statuses | AlterConfigs requests | CreatePartitions requests | load
+  printf '| %s | %d | %s | %s | %d | %d | %s |\n' "$1" "$N" "$(seconds "$kafka_ms")" "$(seconds "$status_ms")" \
+    "$configs" "$partitions" "$(cut -d' ' -f1 /proc/loadavg)"
+}
+drift "this build" "$OPERATOR" 2 7d
+if [ -n "${BEFORE_BINARY:-}" ]; then
+  drift "$(basename "$BEFORE_BINARY")" "$BEFORE_BINARY" 3 14d
+fi

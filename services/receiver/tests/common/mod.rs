@@ -262,6 +262,8 @@ pub struct KeyedLoad {
     pub refused: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// When each 2xx arrived, in the order they did.
     pub answer_times: std::sync::Arc<std::sync::Mutex<Vec<std::time::Instant>>>,
+    /// The first refusals: when, and the status or error.
+    pub refusals: std::sync::Arc<std::sync::Mutex<Vec<(std::time::Instant, String)>>>,
 }
 
 impl KeyedLoad {
@@ -272,6 +274,7 @@ impl KeyedLoad {
         let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let refused = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let answer_times = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let refusals = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(20))
             .build()
@@ -280,8 +283,12 @@ impl KeyedLoad {
             .map(|k| {
                 let (stop, answered, client, url) =
                     (stop.clone(), answered.clone(), client.clone(), url.clone());
-                let (sent, refused, answer_times) =
-                    (sent.clone(), refused.clone(), answer_times.clone());
+                let (sent, refused, answer_times, refusals) = (
+                    sent.clone(),
+                    refused.clone(),
+                    answer_times.clone(),
+                    refusals.clone(),
+                );
                 let token = token.to_owned();
                 tokio::spawn(async move {
                     let key = format!("workflow-{k}");
@@ -309,8 +316,18 @@ impl KeyedLoad {
                                 sequence += 1;
                             }
                             // Refused or cut off (the process died): the sender retries the same step.
-                            _ => {
+                            other => {
                                 refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                let what = match other {
+                                    Ok(response) => format!("status {}", response.status()),
+                                    Err(error) => format!("{error:?}"),
+                                };
+                                {
+                                    let mut refusals = refusals.lock().unwrap();
+                                    if refusals.len() < 20 {
+                                        refusals.push((std::time::Instant::now(), what));
+                                    }
+                                }
                                 tokio::time::sleep(Duration::from_millis(50)).await
                             }
                         }
@@ -326,6 +343,7 @@ impl KeyedLoad {
             sent,
             refused,
             answer_times,
+            refusals,
         }
     }
 

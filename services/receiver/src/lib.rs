@@ -286,16 +286,18 @@ async fn follow_readiness(gate: Arc<ReadinessGate>, spool: Arc<Spool>, breaker: 
     }
 }
 
-/// Lifecycle events are informational: published in the background, never blocking intake.
+/// Lifecycle events are informational: handed to the producer at once, in the order of the
+/// calls (so `starting` precedes `ready` on the partition), and their delivery awaited in
+/// the background, never blocking intake.
 fn announce(publisher: &Arc<Publisher>, topic: &str, instance: &str, phase: LifecyclePhase) {
     let event = lifecycle_event(SERVICE, instance, phase);
-    let publisher = publisher.clone();
-    let topic = topic.to_owned();
+    let delivery = publisher.enqueue_best_effort(topic, &event);
     tokio::spawn(async move {
-        if !publisher
-            .publish_best_effort(&topic, &event, Duration::from_secs(10))
-            .await
-        {
+        let delivered = match delivery {
+            Some(delivery) => publisher::delivered_within(delivery, Duration::from_secs(10)).await,
+            None => false,
+        };
+        if !delivered {
             tracing::warn!(
                 phase = phase.as_str(),
                 "the lifecycle event was not published"

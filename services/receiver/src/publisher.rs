@@ -422,13 +422,20 @@ impl Publisher {
         event: &CloudEvent,
         wait: Duration,
     ) -> bool {
+        match self.enqueue_best_effort(topic, event) {
+            Some(delivery) => delivered_within(delivery, wait).await,
+            None => false,
+        }
+    }
+
+    /// Hands the event to the producer now (so events enqueued one after the other keep
+    /// that order on their partition), unless the breaker is open; the caller awaits the
+    /// delivery, e.g. with [`delivered_within`].
+    pub fn enqueue_best_effort(&self, topic: &str, event: &CloudEvent) -> Option<DeliveryFuture> {
         if self.breaker.state() == BreakerState::Open {
-            return false;
+            return None;
         }
-        match self.send(&kafka_record(topic, event)) {
-            Ok(delivery) => matches!(tokio::time::timeout(wait, delivery).await, Ok(Ok(Ok(_)))),
-            Err(_) => false,
-        }
+        self.send(&kafka_record(topic, event)).ok()
     }
 
     /// Delivers what the producer still holds, within `bound`.
@@ -439,4 +446,9 @@ impl Publisher {
             tracing::warn!(?bound, "the producer did not flush in time");
         }
     }
+}
+
+/// Whether Kafka acknowledged `delivery` within `wait`.
+pub async fn delivered_within(delivery: DeliveryFuture, wait: Duration) -> bool {
+    matches!(tokio::time::timeout(wait, delivery).await, Ok(Ok(Ok(_))))
 }

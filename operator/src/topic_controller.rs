@@ -1,9 +1,7 @@
 //! The EventTopic controller: one Kafka topic per EventTopic, created or adopted, kept in
 //! line with the spec on every resync, and deleted only when the object says so.
 
-use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,7 +22,7 @@ use crate::conditions::{self, Decided};
 use crate::kafka_admin::{AdminError, TopicAdmin};
 use crate::metrics::Metrics;
 use crate::topic_plan::{self, DesiredTopic, ObservedTopic};
-use crate::workload::FIELD_MANAGER;
+use crate::workload::{Backoff, FIELD_MANAGER, jittered};
 
 /// Set only under `deletionPolicy: Delete`: the topic is deleted before the object goes.
 pub const FINALIZER: &str = "bridge.omninode.io/delete-topic";
@@ -65,7 +63,7 @@ pub struct Context {
     pub stores: Vec<Store<EventTopic>>,
     pub resync: Duration,
     /// Consecutive Kafka failures per object, for the backoff.
-    failures: Mutex<HashMap<String, u32>>,
+    backoff: Backoff,
     /// Topics this process created, and when, for [`SETTLE`].
     created: Mutex<HashMap<String, Instant>>,
 }
@@ -86,7 +84,7 @@ impl Context {
             metrics,
             stores,
             resync,
-            failures: Mutex::default(),
+            backoff: Backoff::default(),
             created: Mutex::default(),
         }
     }
@@ -117,11 +115,7 @@ impl Context {
 
     /// Exponential backoff per object while Kafka fails: 1 s doubling to 60 s, jittered.
     fn backoff(&self, key: &str) -> Action {
-        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let attempt = failures.entry(key.to_owned()).or_default();
-        *attempt = attempt.saturating_add(1);
-        let delay = Duration::from_secs(1 << (*attempt - 1).min(6)).min(Duration::from_secs(60));
-        Action::requeue(jittered(delay))
+        Action::requeue(self.backoff.failed(key))
     }
 
     fn created_now(&self, topic: &str) {
@@ -140,19 +134,8 @@ impl Context {
     }
 
     fn succeeded(&self, key: &str) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(key);
+        self.backoff.succeeded(key);
     }
-}
-
-/// `base` scaled by a random factor in [0.9, 1.1), so thousands of objects do not resync
-/// in lockstep.
-fn jittered(base: Duration) -> Duration {
-    let random = RandomState::new().build_hasher().finish();
-    let factor = 0.9 + (random % 1000) as f64 / 5000.0;
-    base.mul_f64(factor)
 }
 
 fn object_key(topic: &EventTopic) -> String {

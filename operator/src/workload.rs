@@ -578,7 +578,7 @@ pub fn jittered(base: Duration) -> Duration {
 }
 
 /// Consecutive failures per object and the wait they earn: 1 s doubling to 60 s, jittered.
-/// What the workload controllers retry with, from `error_policy` and while Kafka fails.
+/// What every controller retries with, from `error_policy` and while Kafka fails.
 #[derive(Debug, Default)]
 pub struct Backoff {
     failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,

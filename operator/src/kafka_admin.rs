@@ -1,6 +1,6 @@
 //! The operator's calls to Kafka's admin API. Calls of one kind from many reconciles are
 //! gathered for a moment into one admin request ([`Batcher`]): descriptions into one
-//! metadata fetch, one DescribeConfigs and one DescribeTopics request; creations, config
+//! DescribeTopics and one DescribeConfigs request; creations, config
 //! writes, partition increases and deletions into one CreateTopics, AlterConfigs,
 //! CreatePartitions and DeleteTopics request each. A resync of thousands of EventTopics,
 //! drift corrections included, costs a handful of round trips, not thousands.
@@ -21,6 +21,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
+use crate::topic_descriptions::TopicDescription;
 use crate::topic_plan::{DesiredTopic, ObservedTopic};
 
 /// How long one admin request may take before Kafka counts as unavailable.
@@ -170,12 +171,12 @@ impl TopicAdmin {
             Batcher::spawn(String::as_str, move |names: Vec<String>| {
                 let (admin, metrics) = (admin.clone(), metrics.clone());
                 async move {
-                    metrics.observe_batch("describe_topics", names.len());
-                    let mut ids = topic_ids(&admin, &names, &metrics).await?;
+                    let mut described =
+                        describe_named_topics(&admin, names.clone(), &metrics).await?;
                     Ok(names
                         .into_iter()
                         .map(|name| {
-                            let id = ids.remove(&name);
+                            let id = described.remove(&name).and_then(|d| d.id);
                             (name, Ok(id))
                         })
                         .collect())
@@ -489,68 +490,44 @@ async fn delete_topics(
     Ok(by_topic(results))
 }
 
-/// One DescribeTopics request for the ids of `names` (see [`crate::topic_ids`]).
-async fn topic_ids(
+/// One DescribeTopics request for `names` (see [`crate::topic_descriptions`]).
+async fn describe_named_topics(
     admin: &Arc<AdminClient<DefaultClientContext>>,
-    names: &[String],
+    names: Vec<String>,
     metrics: &Metrics,
-) -> Result<HashMap<String, String>, AdminError> {
+) -> Result<HashMap<String, TopicDescription>, AdminError> {
+    metrics.observe_batch("describe_topics", names.len());
     let started = Instant::now();
-    let (client, owned) = (admin.clone(), names.to_vec());
-    let ids = tokio::task::spawn_blocking(move || {
-        crate::topic_ids::describe(&client, &owned, REQUEST_TIMEOUT)
+    let client = admin.clone();
+    let described = tokio::task::spawn_blocking(move || {
+        crate::topic_descriptions::describe(&client, &names, REQUEST_TIMEOUT)
     })
     .await
     .map_err(|e| AdminError::Unavailable(format!("DescribeTopics task failed: {e}")))?
     .map_err(AdminError::Unavailable)?;
     metrics.observe_admin_call("describe_topics", started.elapsed());
-    Ok(ids)
+    Ok(described)
 }
 
-/// One metadata fetch and one DescribeConfigs request for all of `names`.
+/// One DescribeTopics request (which also tells whether `audit-events` exists) and one
+/// DescribeConfigs request for those of `names` that exist.
 async fn describe_topics(
     admin: &Arc<AdminClient<DefaultClientContext>>,
     names: &[String],
     audit_topic_exists: &AtomicBool,
     metrics: &Metrics,
 ) -> Result<HashMap<String, ObservedTopic>, AdminError> {
-    let started = Instant::now();
-    let client = admin.clone();
-    // librdkafka's metadata call blocks its thread; it asks for all topics because it
-    // cannot ask for a list.
-    let metadata = tokio::task::spawn_blocking(move || {
-        client
-            .inner()
-            .fetch_metadata(None, REQUEST_TIMEOUT)
-            .map(|m| {
-                m.topics()
-                    .iter()
-                    .filter(|t| t.error().is_none())
-                    .map(|t| {
-                        let replication_factor = t
-                            .partitions()
-                            .iter()
-                            .map(|p| p.replicas().len())
-                            .max()
-                            .unwrap_or_default();
-                        (
-                            t.name().to_owned(),
-                            (t.partitions().len() as i32, replication_factor as i32),
-                        )
-                    })
-                    .collect::<HashMap<_, _>>()
-            })
-    })
-    .await
-    .map_err(|e| AdminError::Unavailable(format!("metadata task failed: {e}")))?
-    .map_err(|e| AdminError::Unavailable(e.to_string()))?;
-    metrics.observe_admin_call("metadata", started.elapsed());
+    let mut asked = names.to_vec();
+    if !asked.iter().any(|n| n == crate::audit::AUDIT_TOPIC) {
+        asked.push(crate::audit::AUDIT_TOPIC.to_owned());
+    }
+    let mut described = describe_named_topics(admin, asked, metrics).await?;
     audit_topic_exists.store(
-        metadata.contains_key(crate::audit::AUDIT_TOPIC),
+        described.contains_key(crate::audit::AUDIT_TOPIC),
         Ordering::Relaxed,
     );
 
-    let existing: Vec<&String> = names.iter().filter(|n| metadata.contains_key(*n)).collect();
+    let existing: Vec<&String> = names.iter().filter(|n| described.contains_key(*n)).collect();
     let mut found = HashMap::new();
     if existing.is_empty() {
         return Ok(found);
@@ -560,25 +537,12 @@ async fn describe_topics(
         .iter()
         .map(|n| ResourceSpecifier::Topic(n.as_str()))
         .collect();
-    let existing_names: Vec<String> = existing.iter().map(|n| (*n).clone()).collect();
-    // The ids come from DescribeTopics, asked for at the same time as the configs. Without
-    // them the topics are still described: status.topicId only waits for a later pass.
-    let (described, ids) = tokio::join!(
-        async {
-            let described = admin
-                .describe_configs(&specifiers, &TopicAdmin::options())
-                .await;
-            metrics.observe_admin_call("describe_configs", started.elapsed());
-            described
-        },
-        topic_ids(admin, &existing_names, metrics),
-    );
-    let described = described.map_err(AdminError::from_kafka)?;
-    let mut ids = ids.unwrap_or_else(|error| {
-        tracing::warn!(%error, "topic ids not read (DescribeTopics); status.topicId waits for a later pass");
-        HashMap::new()
-    });
-    for (name, result) in existing.into_iter().zip(described) {
+    let configs = admin
+        .describe_configs(&specifiers, &TopicAdmin::options())
+        .await
+        .map_err(AdminError::from_kafka)?;
+    metrics.observe_admin_call("describe_configs", started.elapsed());
+    for (name, result) in existing.into_iter().zip(configs) {
         let resource = match result {
             Ok(resource) => resource,
             // Deleted between the two calls: absent, like a topic never seen.
@@ -591,13 +555,15 @@ async fn describe_topics(
             .filter(|e| matches!(e.source, ConfigSource::DynamicTopic))
             .filter_map(|e| e.value.map(|v| (e.name, v)))
             .collect();
-        let (partitions, replication_factor) = metadata[name];
+        let Some(description) = described.remove(name) else {
+            continue;
+        };
         found.insert(
             name.clone(),
             ObservedTopic {
-                partitions,
-                replication_factor,
-                topic_id: ids.remove(name),
+                partitions: description.partitions,
+                replication_factor: description.replication_factor,
+                topic_id: description.id,
                 configs,
             },
         );

@@ -10,6 +10,6 @@ pub mod ingress_plan;
 pub mod kafka_admin;
 pub mod metrics;
 pub mod topic_controller;
-pub mod topic_ids;
+pub mod topic_descriptions;
 pub mod topic_plan;
 pub mod workload;

@@ -1,5 +1,7 @@
-//! Kafka's topic ids, read with librdkafka's DescribeTopics (`rd_kafka_DescribeTopics`,
-//! librdkafka 2.12), which rdkafka 0.39 does not wrap. This is the operator's only unsafe
+//! Topics as Kafka describes them, read with librdkafka's DescribeTopics
+//! (`rd_kafka_DescribeTopics`, librdkafka 2.12), which rdkafka 0.39 does not wrap: one
+//! metadata request naming the topics, instead of rdkafka's metadata call, which can only
+//! ask for one topic or for every topic in the cluster. This is the operator's only unsafe
 //! code: it calls the C API through the bindings rdkafka re-exports (`rdkafka::bindings`,
 //! from `rdkafka-sys`), on the admin client's own handle, with a queue of its own per call
 //! and a timeout. Everything librdkafka allocates here is freed by [`Owned`] on every path.
@@ -15,20 +17,31 @@ use rdkafka::client::ClientContext;
 /// Kafka's id of "no topic" (`Uuid.ZERO_UUID`), reported when a broker has none to give.
 const ZERO_ID: &str = "AAAAAAAAAAAAAAAAAAAAAA";
 
-/// The ids of those of `names` the cluster knows, by name, as Kafka writes them (the
-/// URL-safe, unpadded base64 that `kafka-topics --describe` prints as `TopicId`). One
-/// DescribeTopics request; a topic the broker does not know is left out. Blocks the
-/// calling thread for up to `timeout` (plus a second): call it from `spawn_blocking`.
+/// One topic as the broker describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicDescription {
+    pub partitions: i32,
+    /// The most replicas any partition has.
+    pub replication_factor: i32,
+    /// Kafka's id, as Kafka writes it (the URL-safe, unpadded base64 that
+    /// `kafka-topics --describe` prints as `TopicId`); `None` when the broker gave none.
+    pub id: Option<String>,
+}
+
+/// The descriptions of those of `names` the cluster knows, by name. One DescribeTopics
+/// request; a topic the broker does not know, or reports with an error, is left out.
+/// Blocks the calling thread for up to `timeout` (plus a second): call it from
+/// `spawn_blocking`.
 ///
 /// `names` must not repeat a name (librdkafka refuses the request).
 pub fn describe<C: ClientContext>(
     admin: &AdminClient<C>,
     names: &[String],
     timeout: Duration,
-) -> Result<HashMap<String, String>, String> {
-    let mut ids = HashMap::new();
+) -> Result<HashMap<String, TopicDescription>, String> {
+    let mut found = HashMap::new();
     if names.is_empty() {
-        return Ok(ids);
+        return Ok(found);
     }
     let names: Vec<CString> = names
         .iter()
@@ -46,7 +59,8 @@ pub fn describe<C: ClientContext>(
     // librdkafka copies the topic names and the options into its request, so those may go
     // as soon as the request is enqueued. The descriptions, names and ids read from the
     // result event live as long as the event, and are copied into Rust strings before the
-    // event's guard drops. If the poll times out, dropping our queue handle is safe: the
+    // event's guard drops; so are the partition and replica lists, which librdkafka hands
+    // out as arrays of `count` non-NULL pointers. If the poll times out, dropping our queue handle is safe: the
     // request holds its own reference to the queue, and a result arriving after the queue
     // is gone is discarded by librdkafka.
     unsafe {
@@ -110,7 +124,7 @@ pub fn describe<C: ClientContext>(
         let mut count = 0usize;
         let descriptions = sys::rd_kafka_DescribeTopics_result_topics(result, &mut count);
         if descriptions.is_null() {
-            return Ok(ids);
+            return Ok(found);
         }
         for description in std::slice::from_raw_parts(descriptions, count) {
             let description = *description;
@@ -126,20 +140,40 @@ pub fn describe<C: ClientContext>(
                 continue;
             }
             let name = sys::rd_kafka_TopicDescription_name(description);
+            if name.is_null() {
+                continue;
+            }
+            let mut partition_count = 0usize;
+            let partitions =
+                sys::rd_kafka_TopicDescription_partitions(description, &mut partition_count);
+            let mut replication_factor = 0usize;
+            if !partitions.is_null() {
+                for partition in std::slice::from_raw_parts(partitions, partition_count) {
+                    let mut replicas = 0usize;
+                    sys::rd_kafka_TopicPartitionInfo_replicas(*partition, &mut replicas);
+                    replication_factor = replication_factor.max(replicas);
+                }
+            }
             let uuid = sys::rd_kafka_TopicDescription_topic_id(description);
-            if name.is_null() || uuid.is_null() {
-                continue;
-            }
-            let base64 = sys::rd_kafka_Uuid_base64str(uuid);
-            if base64.is_null() {
-                continue;
-            }
-            if let Some(id) = kafka_topic_id(&CStr::from_ptr(base64).to_string_lossy()) {
-                ids.insert(CStr::from_ptr(name).to_string_lossy().into_owned(), id);
-            }
+            let id = if uuid.is_null() {
+                None
+            } else {
+                let base64 = sys::rd_kafka_Uuid_base64str(uuid);
+                (!base64.is_null())
+                    .then(|| kafka_topic_id(&CStr::from_ptr(base64).to_string_lossy()))
+                    .flatten()
+            };
+            found.insert(
+                CStr::from_ptr(name).to_string_lossy().into_owned(),
+                TopicDescription {
+                    partitions: i32::try_from(partition_count).unwrap_or(i32::MAX),
+                    replication_factor: i32::try_from(replication_factor).unwrap_or(i32::MAX),
+                    id,
+                },
+            );
         }
     }
-    Ok(ids)
+    Ok(found)
 }
 
 /// Kafka's spelling of a topic id from librdkafka's: librdkafka encodes the 16 bytes in

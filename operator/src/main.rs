@@ -21,7 +21,7 @@ use futures::StreamExt;
 use futures::stream::select_all;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::{Controller, watcher};
+use kube::runtime::Controller;
 use kube::{Api, Client};
 use kube_lease_manager::LeaseManagerBuilder;
 use prometheus_client::registry::Registry;
@@ -250,8 +250,7 @@ async fn run(args: Args) -> Result<(), StartupError> {
     let controllers: Vec<Controller<EventTopic>> = apis
         .into_iter()
         .map(|api| {
-            Controller::new(api, watcher::Config::default().any_semantic())
-                .graceful_shutdown_on(until_stopped(stopped.clone()))
+            topic_controller::controller(api).graceful_shutdown_on(until_stopped(stopped.clone()))
         })
         .collect();
     let stores = controllers.iter().map(|c| c.store()).collect();

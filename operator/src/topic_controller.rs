@@ -12,7 +12,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{Controller, Predicate, WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, ResourceExt};
 use rdkafka::error::RDKafkaErrorCode;
 use serde_json::json;
@@ -144,6 +145,31 @@ fn object_key(topic: &EventTopic) -> String {
         topic.namespace().unwrap_or_default(),
         topic.name_any()
     )
+}
+
+/// The controller of the EventTopics `api` reaches (one namespace, or all). A change starts
+/// a pass only when it touches what a pass acts on: the spec (the generation), annotations
+/// (pause), finalizers, or deletion. Status-only updates, the operator's own status writes
+/// above all, start none: each pass costs a DescribeTopics and a DescribeConfigs, and at a
+/// thousand new objects the passes their first status writes started were as many again,
+/// each reading all their topics from Kafka while the brokers were busiest creating them.
+/// Resyncs and requeues come from the controller's scheduler, unfiltered.
+pub fn controller(api: Api<EventTopic>) -> Controller<EventTopic> {
+    let (store, writer) = reflector::store();
+    let changes = watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(
+            predicates::generation
+                .combine(predicates::annotations)
+                .combine(predicates::finalizers)
+                .combine(|topic: &EventTopic| {
+                    Some(u64::from(topic.metadata.deletion_timestamp.is_some()))
+                }),
+            Default::default(),
+        );
+    Controller::for_stream(changes, store)
 }
 
 pub async fn reconcile(topic: Arc<EventTopic>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -386,8 +412,13 @@ async fn create(
     ctx.admin.create(desired).await?;
     ctx.created_now(&desired.name);
     // A new topic has a new id (a re-created one too): the old one goes. The broker may
-    // not know the new id this instant; then the next resync fills it in.
+    // not know the new id this instant; then a pass once the topic has settled fills it in.
     report.status.topic_id = ctx.admin.topic_id(&desired.name).await;
+    let next = if report.status.topic_id.is_some() {
+        ctx.resync_action()
+    } else {
+        Action::requeue(SETTLE)
+    };
     // A status that already names a topic means the operator had it once: someone deleted it.
     let action = if report.status.partitions.is_some() {
         TopicAction::Recreated
@@ -418,7 +449,7 @@ async fn create(
         "TopicReady",
         in_line_message(desired, desired.partitions, desired.replication_factor),
     );
-    Ok(ctx.resync_action())
+    Ok(next)
 }
 
 async fn converge(

@@ -83,9 +83,11 @@ pub async fn run(
     }
     let spool = Arc::new(spool);
     let breaker = Arc::new(Breaker::new(config.breaker.clone(), metrics.clone()));
-    let producer = publisher::create_producer(&config.kafka, breaker.clone())?;
+    let idempotence = Arc::new(publisher::IdempotenceState::default());
+    let producer = publisher::create_producer(&config.kafka, breaker.clone(), idempotence.clone())?;
     let publisher = Publisher::new(
         producer,
+        idempotence,
         spool.clone(),
         breaker.clone(),
         config.publish_timeout,

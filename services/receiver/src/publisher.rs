@@ -6,7 +6,7 @@
 //! there too until the drainer has emptied it; and when the switch happens, events still
 //! waiting for Kafka are handed to the spool first, in the order they were sent.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,9 +24,28 @@ use crate::metrics::Metrics;
 use crate::spool::{Spool, SpoolError, SpoolRecord, SpoolWriter};
 
 /// Feeds librdkafka's view of the brokers to the breaker, so an outage is noticed within
-/// about a second instead of when sends time out.
+/// about a second instead of when sends time out; and notes whether the idempotent
+/// producer holds a producer id (it sends nothing without one).
 pub struct BrokerSignals {
     breaker: Arc<Breaker>,
+    idempotence: Arc<IdempotenceState>,
+}
+
+/// librdkafka's idempotence state from its last statistics (`Assigned` when the producer
+/// holds a producer id and can send); empty until the first statistics arrive.
+#[derive(Default)]
+pub struct IdempotenceState(Mutex<String>);
+
+impl IdempotenceState {
+    fn set(&self, state: String) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = state;
+    }
+
+    /// `Some(state)` while librdkafka says the producer cannot send for want of a producer id.
+    pub fn waiting(&self) -> Option<String> {
+        let state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        (!state.is_empty() && *state != "Assigned").then(|| state.clone())
+    }
 }
 
 impl ClientContext for BrokerSignals {
@@ -37,6 +56,9 @@ impl ClientContext for BrokerSignals {
             .any(|broker| broker.nodeid >= 0 && broker.state == "UP");
         if any_up {
             self.breaker.brokers_up();
+        }
+        if let Some(eos) = statistics.eos {
+            self.idempotence.set(eos.idemp_state);
         }
     }
 
@@ -62,6 +84,7 @@ pub type EventProducer = FutureProducer<BrokerSignals>;
 pub fn create_producer(
     settings: &bridge_events::KafkaSettings,
     breaker: Arc<Breaker>,
+    idempotence: Arc<IdempotenceState>,
 ) -> Result<EventProducer, KafkaError> {
     let mut config = settings.client_config();
     if config.get("message.timeout.ms").is_none() {
@@ -74,7 +97,55 @@ pub fn create_producer(
         .set("enable.idempotence", "true")
         .set("partitioner", "murmur2_random")
         .set("statistics.interval.ms", "500");
-    config.create_with_context(BrokerSignals { breaker })
+    config.create_with_context(BrokerSignals {
+        breaker,
+        idempotence,
+    })
+}
+
+/// How long the drain waits for Kafka to have a leader for every partition of a batch's
+/// topics before it sends the batch anyway (and lets the deliveries report what is wrong,
+/// e.g. a topic that does not exist).
+const LEADER_WAIT_LIMIT: Duration = Duration::from_secs(30);
+
+/// What a metadata answer says about one topic, reduced to what the drain decides on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicLeaders {
+    /// The topic-level error, e.g. `UnknownTopicOrPartition`.
+    pub error: Option<String>,
+    /// Each partition with its leader's broker id (-1: none) and its error.
+    pub partitions: Vec<(i32, i32, Option<String>)>,
+    /// The brokers the same answer lists (a leader not among them is not reachable yet).
+    pub brokers: Vec<i32>,
+}
+
+impl TopicLeaders {
+    /// `None` when every partition has a leader that Kafka lists among its brokers, else
+    /// what is missing, for the log. After a whole-cluster restart the brokers answer
+    /// metadata before they lead partitions; records sent then wait in librdkafka, and
+    /// those in flight can wait out `message.timeout.ms`, so the drain holds its batch
+    /// back until this says the partitions are led.
+    pub fn missing(&self) -> Option<String> {
+        if let Some(error) = &self.error {
+            return Some(format!("the topic: {error}"));
+        }
+        if self.partitions.is_empty() {
+            return Some("the topic has no partitions in the metadata".into());
+        }
+        let waiting: Vec<String> = self
+            .partitions
+            .iter()
+            .filter_map(|(partition, leader, error)| match error {
+                Some(error) => Some(format!("{partition}: {error}")),
+                None if *leader < 0 => Some(format!("{partition}: no leader")),
+                None if !self.brokers.contains(leader) => {
+                    Some(format!("{partition}: leader {leader} not registered"))
+                }
+                None => None,
+            })
+            .collect();
+        (!waiting.is_empty()).then(|| format!("partitions {}", waiting.join(", ")))
+    }
 }
 
 /// Where an event became durable.
@@ -106,6 +177,7 @@ struct State {
 
 pub struct Publisher {
     producer: EventProducer,
+    idempotence: Arc<IdempotenceState>,
     spool: Arc<Spool>,
     writer: SpoolWriter,
     breaker: Arc<Breaker>,
@@ -144,6 +216,7 @@ fn owned_headers(record: &SpoolRecord) -> OwnedHeaders {
 impl Publisher {
     pub fn new(
         producer: EventProducer,
+        idempotence: Arc<IdempotenceState>,
         spool: Arc<Spool>,
         breaker: Arc<Breaker>,
         publish_timeout: Duration,
@@ -158,6 +231,7 @@ impl Publisher {
         };
         Arc::new(Self {
             producer,
+            idempotence,
             spool,
             writer,
             breaker,
@@ -310,7 +384,20 @@ impl Publisher {
     /// Drains the spool into Kafka whenever it holds events and the breaker allows, in
     /// order; switches back to direct publishing once it is empty.
     pub async fn drain(self: Arc<Self>) {
+        // Topics whose partitions were seen led since the breaker last closed or a batch
+        // last failed: only then is it worth asking Kafka again before a batch.
+        let mut led = HashSet::new();
+        let mut waiting_for_leaders: Option<Instant> = None;
+        // After Kafka was away or a batch failed, one record goes alone first: while the
+        // brokers still take up their partitions (they answer metadata, and name leaders,
+        // before those leaders accept writes), only it waits in librdkafka and at worst
+        // times out, instead of a whole batch; full batches follow its acknowledgement.
+        let mut probing = true;
         loop {
+            if self.breaker.current() != BreakerState::Closed {
+                led.clear();
+                probing = true;
+            }
             if self.lock().mode == Mode::Direct {
                 tokio::select! {
                     _ = self.drain_wakeup.notified() => {}
@@ -341,7 +428,8 @@ impl Publisher {
                 BreakerState::Closed => {}
             }
             let spool = self.spool.clone();
-            let batch = tokio::task::spawn_blocking(move || spool.read_batch(512, 8 << 20))
+            let limit = if probing { 1 } else { 512 };
+            let batch = tokio::task::spawn_blocking(move || spool.read_batch(limit, 8 << 20))
                 .await
                 .unwrap_or_default();
             if batch.is_empty() {
@@ -360,13 +448,128 @@ impl Publisher {
                 }
                 continue;
             }
-            self.send_batch(batch).await;
+            match self.not_ready_for(&batch, &mut led).await {
+                None => {
+                    if let Some(since) = waiting_for_leaders.take() {
+                        tracing::info!(
+                            waited = ?since.elapsed(),
+                            "Kafka leads the spooled records' partitions again; draining"
+                        );
+                    }
+                }
+                Some(missing) => {
+                    let since = *waiting_for_leaders.get_or_insert_with(|| {
+                        tracing::info!(
+                            %missing,
+                            "Kafka answers but cannot take the spooled records yet; the drain waits (the records stay in the spool)"
+                        );
+                        Instant::now()
+                    });
+                    if since.elapsed() < LEADER_WAIT_LIMIT {
+                        tokio::select! {
+                            _ = self.drain_wakeup.notified() => {}
+                            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        }
+                        continue;
+                    }
+                    tracing::warn!(
+                        %missing,
+                        waited = ?since.elapsed(),
+                        "Kafka still cannot take the spooled records; sending a batch anyway, so its deliveries say why"
+                    );
+                    waiting_for_leaders = None;
+                }
+            }
+            let sent_at = Instant::now();
+            if !self.send_batch(batch).await {
+                led.clear();
+                probing = true;
+            } else if std::mem::take(&mut probing) {
+                tracing::info!(
+                    took = ?sent_at.elapsed(),
+                    still_spooled = self.spool.undrained_records(),
+                    "Kafka acknowledged the first spooled record; draining in full batches"
+                );
+            }
         }
     }
 
+    /// Why Kafka cannot take `batch` now (`None`: it can): the idempotent producer has no
+    /// producer id, or a topic of the batch has a partition without a reachable leader.
+    /// Topics found led are remembered in `led` and not asked about again.
+    async fn not_ready_for(
+        &self,
+        batch: &[(Option<SpoolRecord>, crate::spool::Position)],
+        led: &mut HashSet<String>,
+    ) -> Option<String> {
+        if let Some(idempotence) = self.idempotence.waiting() {
+            return Some(format!(
+                "the idempotent producer has no producer id yet (librdkafka state {idempotence})"
+            ));
+        }
+        let topics: BTreeSet<&str> = batch
+            .iter()
+            .filter_map(|(record, _)| record.as_ref())
+            .map(|record| record.topic.as_str())
+            .filter(|topic| !led.contains(*topic))
+            .collect();
+        for topic in topics {
+            let leaders = self.topic_leaders(topic).await;
+            match leaders.as_ref().map(TopicLeaders::missing) {
+                Ok(None) => {
+                    led.insert(topic.to_owned());
+                }
+                Ok(Some(missing)) => return Some(format!("topic {topic}: {missing}")),
+                Err(error) => return Some(format!("topic {topic}: no metadata: {error}")),
+            }
+        }
+        None
+    }
+
+    /// Asks Kafka (through the producer, whose metadata cache the answer refreshes) for the
+    /// leaders of `topic`'s partitions.
+    async fn topic_leaders(&self, topic: &str) -> Result<TopicLeaders, String> {
+        let producer = self.producer.clone();
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let metadata = producer
+                .client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(2))
+                .map_err(|error| error.to_string())?;
+            let brokers = metadata.brokers().iter().map(|b| b.id()).collect();
+            let found = metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic)
+                .ok_or_else(|| "the topic is not in the answer".to_owned())?;
+            Ok(TopicLeaders {
+                error: found
+                    .error()
+                    .map(|e| format!("{:?}", RDKafkaErrorCode::from(e))),
+                partitions: found
+                    .partitions()
+                    .iter()
+                    .map(|p| {
+                        (
+                            p.id(),
+                            p.leader(),
+                            p.error()
+                                .map(|e| format!("{:?}", RDKafkaErrorCode::from(e))),
+                        )
+                    })
+                    .collect(),
+                brokers,
+            })
+        })
+        .await
+        .map_err(|error| error.to_string())?
+    }
+
     /// Sends a batch with its deliveries awaited together, and commits the prefix that
-    /// Kafka acknowledged. After a failure the rest is sent again later (duplicates, never loss).
-    async fn send_batch(&self, batch: Vec<(Option<SpoolRecord>, crate::spool::Position)>) {
+    /// Kafka acknowledged. After a failure the rest is sent again later (duplicates, never
+    /// loss). Returns whether the whole batch went.
+    async fn send_batch(&self, batch: Vec<(Option<SpoolRecord>, crate::spool::Position)>) -> bool {
+        let started = Instant::now();
         let mut deliveries = Vec::with_capacity(batch.len());
         for (record, _) in &batch {
             deliveries.push(record.as_ref().map(|record| self.send(record)));
@@ -374,13 +577,20 @@ impl Publisher {
         let outcomes =
             futures::future::join_all(deliveries.into_iter().map(|delivery| async move {
                 match delivery {
-                    None => true,
-                    Some(Ok(future)) => matches!(future.await, Ok(Ok(_))),
-                    Some(Err(_)) => false,
+                    None => Ok(()),
+                    Some(Ok(future)) => match future.await {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err((error, _))) => Err(error.to_string()),
+                        Err(_) => Err("the producer dropped the delivery".to_owned()),
+                    },
+                    Some(Err(error)) => Err(format!("the producer refused the record: {error}")),
                 }
             }))
             .await;
-        let delivered = outcomes.iter().take_while(|ok| **ok).count();
+        let delivered = outcomes
+            .iter()
+            .take_while(|outcome| outcome.is_ok())
+            .count();
         if delivered > 0 {
             let records = batch[..delivered]
                 .iter()
@@ -390,15 +600,26 @@ impl Publisher {
             self.metrics.drained.inc_by(records);
         }
         if delivered == batch.len() {
+            tracing::debug!(records = batch.len(), took = ?started.elapsed(), "drained a spool batch");
             self.breaker.record_success();
-        } else {
-            tracing::warn!(
-                delivered,
-                of = batch.len(),
-                "draining the spool stopped at a failed delivery"
-            );
-            self.breaker.record_failure();
+            return true;
         }
+        let failed = outcomes.iter().filter(|outcome| outcome.is_err()).count();
+        let error = outcomes
+            .get(delivered)
+            .and_then(|outcome| outcome.clone().err())
+            .unwrap_or_default();
+        tracing::warn!(
+            %error,
+            committed = delivered,
+            failed,
+            batch = batch.len(),
+            still_spooled = self.spool.undrained_records(),
+            took = ?started.elapsed(),
+            "a spool drain batch failed: the records before the first failure are committed; that record and every one after it stay in the spool and are sent again, in order, when the circuit breaker allows (a record Kafka took after the failure may arrive twice; none is lost)"
+        );
+        self.breaker.record_failure();
+        false
     }
 
     /// Asks a broker for metadata: a cheap check that Kafka answers before a drain.
@@ -451,4 +672,74 @@ impl Publisher {
 /// Whether Kafka acknowledged `delivery` within `wait`.
 pub async fn delivered_within(delivery: DeliveryFuture, wait: Duration) -> bool {
     matches!(tokio::time::timeout(wait, delivery).await, Ok(Ok(Ok(_))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaders(partitions: &[(i32, i32)], brokers: &[i32]) -> TopicLeaders {
+        TopicLeaders {
+            error: None,
+            partitions: partitions.iter().map(|&(p, l)| (p, l, None)).collect(),
+            brokers: brokers.to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_batch_may_go_once_every_partition_has_a_registered_leader() {
+        assert_eq!(
+            leaders(&[(0, 1), (1, 2), (2, 3)], &[1, 2, 3]).missing(),
+            None
+        );
+        // One broker is still away but leads nothing.
+        assert_eq!(leaders(&[(0, 1), (1, 2)], &[1, 2]).missing(), None);
+    }
+
+    #[test]
+    fn after_a_whole_cluster_restart_the_drain_waits_for_leaders() {
+        // The brokers answer metadata before the partitions are led again.
+        let missing = leaders(&[(0, -1), (1, 2), (2, -1)], &[2])
+            .missing()
+            .unwrap();
+        assert_eq!(missing, "partitions 0: no leader, 2: no leader");
+        // The metadata names a leader that has not registered yet (librdkafka: "new
+        // leader-1 not found in cache").
+        let missing = leaders(&[(0, 1), (1, 2)], &[2]).missing().unwrap();
+        assert_eq!(missing, "partitions 0: leader 1 not registered");
+        let mut errored = leaders(&[(0, 1)], &[1]);
+        errored.partitions[0].2 = Some("LeaderNotAvailable".into());
+        assert_eq!(
+            errored.missing().unwrap(),
+            "partitions 0: LeaderNotAvailable"
+        );
+    }
+
+    #[test]
+    fn a_topic_kafka_does_not_know_is_not_ready() {
+        let unknown = TopicLeaders {
+            error: Some("UnknownTopicOrPartition".into()),
+            partitions: vec![],
+            brokers: vec![1, 2, 3],
+        };
+        assert_eq!(
+            unknown.missing().unwrap(),
+            "the topic: UnknownTopicOrPartition"
+        );
+        assert!(leaders(&[], &[1, 2, 3]).missing().is_some());
+    }
+
+    #[test]
+    fn only_an_assigned_producer_id_lets_the_idempotent_producer_send() {
+        let state = IdempotenceState::default();
+        assert_eq!(
+            state.waiting(),
+            None,
+            "no statistics yet: not a reason to wait"
+        );
+        state.set("WaitPID".into());
+        assert_eq!(state.waiting().as_deref(), Some("WaitPID"));
+        state.set("Assigned".into());
+        assert_eq!(state.waiting(), None);
+    }
 }

@@ -38,8 +38,13 @@ pub fn free_port() -> u16 {
 
 pub async fn create_topic(stack: &Stack, partitions: i32) -> String {
     let name = unique_name("receiver");
+    create_named_topic(stack, &name, partitions).await;
+    name
+}
+
+pub async fn create_named_topic(stack: &Stack, name: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = stack.kafka_config().create().unwrap();
-    let topic = NewTopic::new(&name, partitions, TopicReplication::Fixed(3));
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(3));
     let results = admin
         .create_topics(
             [&topic],
@@ -50,7 +55,6 @@ pub async fn create_topic(stack: &Stack, partitions: i32) -> String {
     for result in results {
         result.expect("the topic is created");
     }
-    name
 }
 
 /// Reads `topic` from the beginning until `count` records have arrived (or `bound` passes),
@@ -170,7 +174,12 @@ impl Receiver {
         let child = Command::new(env!("CARGO_BIN_EXE_hook-receiver"))
             .arg("--config")
             .arg(&self.config_path)
-            .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn")
+            // HOOK_RECEIVER_TEST_LOG sets another filter when a failure needs librdkafka's view.
+            .env(
+                "RUST_LOG",
+                std::env::var("HOOK_RECEIVER_TEST_LOG")
+                    .unwrap_or_else(|_| "info,librdkafka=warn,rdkafka=warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -1,7 +1,8 @@
 //! Remembers delivery ids for a route's dedupe window, so a sender's retry of a delivery
 //! already made durable is acknowledged without publishing it twice. A retry that arrives
 //! while the first attempt is still in flight waits for its outcome rather than racing it.
-//! Kept per process: replicas do not share it.
+//! Kept per process, in memory: replicas do not share it and a restart empties it, so a
+//! retry that reaches another replica (or a restarted one) is published again.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;

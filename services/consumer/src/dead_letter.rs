@@ -2,6 +2,8 @@
 //! plus headers that say why it failed and where it came from, so it can be read, fixed and
 //! replayed.
 
+use std::sync::Arc;
+
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 
 /// The dead-letter headers, all UTF-8 text.
@@ -51,7 +53,8 @@ pub struct Failure {
 /// Where a record was read.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RecordOrigin {
-    pub topic: String,
+    /// Shared by every record of the topic.
+    pub topic: Arc<str>,
     pub partition: i32,
     pub offset: i64,
 }
@@ -80,7 +83,7 @@ pub fn dead_letter_headers(
         (header::REASON, failure.reason.as_str()),
         (header::ERROR, failure.error.as_str()),
         (header::ATTEMPTS, attempts.as_str()),
-        (header::SOURCE_TOPIC, origin.topic.as_str()),
+        (header::SOURCE_TOPIC, &*origin.topic),
         (header::SOURCE_PARTITION, partition.as_str()),
         (header::SOURCE_OFFSET, offset.as_str()),
     ];

@@ -14,11 +14,12 @@ use std::time::{Duration, Instant};
 use bridge_api::event_consumer::{Ordering, StartFrom};
 use bridge_events::{CloudEvent, LifecyclePhase, lifecycle_event};
 use bridge_runtime::Readiness;
+use bytes::Bytes;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::{BorrowedHeaders, BorrowedMessage, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
@@ -63,7 +64,7 @@ struct PartitionState {
 
 #[derive(Debug, Default)]
 struct DispatchState {
-    partitions: HashMap<(String, i32), PartitionState>,
+    partitions: HashMap<(Arc<str>, i32), PartitionState>,
     next_epoch: u64,
     in_flight: usize,
     /// The poll loop stopped taking records because `in_flight` reached the bound; what
@@ -81,21 +82,19 @@ struct DispatchState {
 }
 
 impl DispatchState {
-    fn partition(&mut self, topic: &str, partition: i32) -> &mut PartitionState {
-        let key = (topic.to_owned(), partition);
-        if !self.partitions.contains_key(&key) {
-            self.next_epoch += 1;
-            self.partitions.insert(
-                key.clone(),
+    fn partition(&mut self, topic: &Arc<str>, partition: i32) -> &mut PartitionState {
+        let next_epoch = &mut self.next_epoch;
+        self.partitions
+            .entry((topic.clone(), partition))
+            .or_insert_with(|| {
+                *next_epoch += 1;
                 PartitionState {
-                    epoch: self.next_epoch,
+                    epoch: *next_epoch,
                     offsets: OffsetTracker::default(),
                     lanes: Lanes::default(),
                     uncommitted: false,
-                },
-            );
-        }
-        self.partitions.get_mut(&key).expect("inserted above")
+                }
+            })
     }
 }
 
@@ -131,7 +130,10 @@ impl ClientContext for GroupEvents {
         let state = self.shared.lock();
         for (topic, topic_stats) in &statistics.topics {
             for (partition, stats) in &topic_stats.partitions {
-                if !state.partitions.contains_key(&(topic.clone(), *partition)) {
+                if !state
+                    .partitions
+                    .contains_key(&(Arc::from(topic.as_str()), *partition))
+                {
                     continue;
                 }
                 let lag = if stats.consumer_lag >= 0 {
@@ -166,7 +168,7 @@ impl ConsumerContext for GroupEvents {
         {
             let mut state = self.shared.lock();
             for element in revoked.elements() {
-                let key = (element.topic().to_owned(), element.partition());
+                let key = (Arc::from(element.topic()), element.partition());
                 let Some(partition) = state.partitions.remove(&key) else {
                     continue;
                 };
@@ -179,7 +181,7 @@ impl ConsumerContext for GroupEvents {
                     );
                 }
                 self.shared.metrics.lag.remove(&PartitionLabels {
-                    topic: key.0,
+                    topic: key.0.to_string(),
                     partition: key.1,
                 });
             }
@@ -206,7 +208,7 @@ impl ConsumerContext for GroupEvents {
                     let mut state = self.shared.lock();
                     state.joined = true;
                     for element in assigned.elements() {
-                        state.partition(element.topic(), element.partition());
+                        state.partition(&Arc::from(element.topic()), element.partition());
                     }
                     state.paused
                 };
@@ -241,8 +243,32 @@ struct Job {
     origin: RecordOrigin,
     epoch: u64,
     lane: Option<Lane>,
-    record: OwnedMessage,
+    record: OriginalRecord,
     work: Work,
+}
+
+/// What the dead-letter topic needs of a record: its key, value and headers as read. The
+/// value of a binary-mode event is its data, so it is held once, shared with the request.
+#[derive(Debug)]
+struct OriginalRecord {
+    key: Option<Vec<u8>>,
+    value: Option<Bytes>,
+    headers: Option<OwnedHeaders>,
+}
+
+impl OriginalRecord {
+    /// `body` is the request's body, if the record is to be delivered.
+    fn of(record: &BorrowedMessage<'_>, body: Option<&Bytes>) -> Self {
+        let value = record.payload().map(|value| match body {
+            Some(body) if body[..] == *value => body.clone(),
+            _ => Bytes::copy_from_slice(value),
+        });
+        Self {
+            key: record.key().map(<[u8]>::to_vec),
+            value,
+            headers: record.headers().map(BorrowedHeaders::detach),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -353,7 +379,7 @@ pub async fn run(
         stopping: stopping.clone(),
     });
     let poll_loop = PollLoop {
-        consumer,
+        consumer: Arc::new(consumer),
         shared: shared.clone(),
         delivery: delivery.clone(),
         tasks: TaskTracker::new(),
@@ -363,6 +389,7 @@ pub async fn run(
         lifecycle,
         announced_ready: false,
         held_since: None,
+        topic_names: Vec::new(),
     };
     poll_loop.run(stopping, timeout).await;
     drop(delivery);
@@ -376,7 +403,8 @@ pub async fn run(
 }
 
 struct PollLoop {
-    consumer: GroupConsumer,
+    /// Shared only with the loop's own `recv`, whose record borrows it while `admit` runs.
+    consumer: Arc<GroupConsumer>,
     shared: Arc<Shared>,
     delivery: Arc<Delivery>,
     tasks: TaskTracker,
@@ -387,10 +415,13 @@ struct PollLoop {
     announced_ready: bool,
     /// Since when reading has been held at the `maxInFlight` bound.
     held_since: Option<tokio::time::Instant>,
+    /// The names of the topics read so far.
+    topic_names: Vec<Arc<str>>,
 }
 
 impl PollLoop {
     async fn run(mut self, stopping: CancellationToken, request_timeout: Duration) {
+        let consumer = self.consumer.clone();
         let mut breaker_changes = self.delivery.breaker.subscribe();
         let mut commit_tick = tokio::time::interval(COMMIT_INTERVAL);
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -412,22 +443,20 @@ impl PollLoop {
                 }
                 _ = tokio::time::sleep_until(hold_expires.unwrap_or_else(tokio::time::Instant::now)),
                     if hold_expires.is_some() => self.apply_flow(),
-                received = self.consumer.recv(), if self.held_since.is_none() => match received {
-                    Ok(message) => {
-                        let record = message.detach();
-                        self.admit(record);
-                    }
+                received = consumer.recv(), if self.held_since.is_none() => match received {
+                    Ok(message) => self.admit(&message),
                     Err(error) => tracing::warn!(%error, "reading from Kafka"),
                 },
             }
         }
+        drop(consumer);
         self.shut_down(request_timeout).await;
     }
 
     /// Takes one record in: skips it, queues it in its lane, or starts its delivery.
-    fn admit(&mut self, record: OwnedMessage) {
+    fn admit(&mut self, record: &BorrowedMessage<'_>) {
         let origin = RecordOrigin {
-            topic: record.topic().to_owned(),
+            topic: self.topic_name(record.topic()),
             partition: record.partition(),
             offset: record.offset(),
         };
@@ -441,11 +470,7 @@ impl PollLoop {
             tracing::debug!(record = %origin, "handed out again after a pause: already taken");
             return;
         }
-        let work = match CloudEvent::from_kafka(
-            record.key(),
-            record.headers().map(|h| h.as_borrowed()),
-            record.payload(),
-        ) {
+        let work = match CloudEvent::from_kafka(record.key(), record.headers(), record.payload()) {
             Err(error) => self.invalid(&origin, error.to_string()),
             Ok(event) if !self.filter.accepts(&event.ty) => {
                 self.shared.metrics.filtered.inc();
@@ -465,16 +490,16 @@ impl PollLoop {
             }
             return;
         };
-        let lane = match work {
-            Work::Deliver(_) => Lane::of(self.ordering, record.key()),
+        let (lane, body) = match &work {
+            Work::Deliver(request) => (Lane::of(self.ordering, record.key()), Some(request.body())),
             // Nothing waits on a dead-letter write, and it must not wait on anything.
-            Work::DeadLetter(_) => None,
+            Work::DeadLetter(_) => (None, None),
         };
         let job = Job {
             origin,
             epoch: partition.epoch,
             lane: lane.clone(),
-            record,
+            record: OriginalRecord::of(record, body),
             work,
         };
         let start = partition.lanes.admit(lane.as_ref(), job);
@@ -489,6 +514,16 @@ impl PollLoop {
             let delivery = self.delivery.clone();
             self.tasks.spawn(delivery.run_lane(job));
         }
+    }
+
+    /// The topic's name, shared by every record of it rather than copied for each.
+    fn topic_name(&mut self, name: &str) -> Arc<str> {
+        if let Some(known) = self.topic_names.iter().find(|known| ***known == *name) {
+            return known.clone();
+        }
+        let name: Arc<str> = Arc::from(name);
+        self.topic_names.push(name.clone());
+        name
     }
 
     fn invalid(&self, origin: &RecordOrigin, error: String) -> Option<Work> {
@@ -835,16 +870,16 @@ impl Delivery {
             .dead_letter_topic
             .as_deref()
             .expect("dead-lettering only with a dead-letter topic");
-        let headers = dead_letter_headers(job.record.headers(), &job.origin, failure);
+        let headers = dead_letter_headers(job.record.headers.as_ref(), &job.origin, failure);
         let mut tries = 0;
         loop {
             let mut record: FutureRecord<'_, [u8], [u8]> =
                 FutureRecord::to(topic).headers(headers.clone());
-            if let Some(key) = job.record.key() {
+            if let Some(key) = &job.record.key {
                 record = record.key(key);
             }
-            if let Some(payload) = job.record.payload() {
-                record = record.payload(payload);
+            if let Some(value) = &job.record.value {
+                record = record.payload(value);
             }
             match self.producer.send(record, PRODUCE_TIMEOUT).await {
                 Ok(_) => {

@@ -70,6 +70,11 @@ impl SinkRequest {
             body: Bytes::from(event.data),
         })
     }
+
+    /// The event's data.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bridge_e2e::eventually;
 use event_consumer::dead_letter::header as dlt;
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,6 +158,26 @@ async fn a_400_sends_the_event_to_the_dead_letter_topic_at_once_and_its_key_goes
     assert_eq!(header(refused, dlt::LAST_STATUS).as_deref(), Some("400"));
     assert_eq!(header(refused, "ce_id").as_deref(), Some("k1-2"));
     assert_eq!(refused.key(), Some(&b"k1"[..]));
+    // The record as it was read: its value, and its headers first and in order.
+    let original = sent
+        .iter()
+        .find(|e| e.id() == "k1-2")
+        .unwrap()
+        .cloud_event();
+    assert_eq!(refused.payload(), Some(&original.data[..]));
+    let original_headers: Vec<_> = original
+        .to_kafka_headers()
+        .iter()
+        .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+        .collect();
+    let kept_headers: Vec<_> = refused
+        .headers()
+        .unwrap()
+        .iter()
+        .take(original_headers.len())
+        .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+        .collect();
+    assert_eq!(kept_headers, original_headers);
     let tries = sink.requests().iter().filter(|r| r.id == "k1-2").count();
     assert_eq!(tries, 1, "a 400 is not retried");
     assert!(sink.out_of_order().is_empty(), "{:?}", sink.out_of_order());

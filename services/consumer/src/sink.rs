@@ -57,11 +57,13 @@ impl SinkRequest {
     /// Fails when an attribute cannot be an HTTP header (the binding percent-encodes values,
     /// so only a malformed extension name can).
     pub fn new(event: CloudEvent) -> Result<Self, String> {
-        let mut headers = HeaderMap::new();
-        for (name, value) in event.http_binary_headers() {
-            let header = HeaderName::from_bytes(name.as_bytes())
+        let attributes = event.http_binary_headers();
+        let mut headers = HeaderMap::with_capacity(attributes.len());
+        for (name, value) in attributes {
+            let header = header_name(&name)
                 .map_err(|_| format!("the attribute `{name}` cannot be an HTTP header name"))?;
-            let value = HeaderValue::from_str(&value)
+            // Takes the text as it is, without copying it.
+            let value = HeaderValue::try_from(value)
                 .map_err(|_| format!("the value of `{name}` cannot be an HTTP header value"))?;
             headers.append(header, value);
         }
@@ -74,6 +76,29 @@ impl SinkRequest {
     /// The event's data.
     pub fn body(&self) -> &Bytes {
         &self.body
+    }
+}
+
+/// The header names every event carries, made once instead of copied for each event.
+const KNOWN_HEADERS: [&str; 12] = [
+    "ce-specversion",
+    "ce-id",
+    "ce-source",
+    "ce-type",
+    "ce-time",
+    "ce-subject",
+    "ce-correlationid",
+    "ce-causationid",
+    "ce-schemaversion",
+    "traceparent",
+    "tracestate",
+    "content-type",
+];
+
+fn header_name(name: &str) -> Result<HeaderName, reqwest::header::InvalidHeaderName> {
+    match KNOWN_HEADERS.iter().find(|known| **known == name) {
+        Some(known) => Ok(HeaderName::from_static(known)),
+        None => HeaderName::from_bytes(name.as_bytes()),
     }
 }
 
@@ -181,4 +206,47 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+        headers
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_str().unwrap().to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn the_request_carries_every_header_of_binary_mode_as_the_binding_writes_it() {
+        let mut event =
+            CloudEvent::new("e-1", "/tests/sink", "workflow.step", "wf-1", b"{}".into());
+        event.time = Some("2026-11-27T10:00:00Z".into());
+        event.datacontenttype = Some("application/json".into());
+        event.subject = Some("a subject with spaces".into());
+        event.causation_id = Some("cause-1".into());
+        event.schema_version = Some("2".into());
+        event.traceparent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
+        event
+            .extensions
+            .insert("tracestate".into(), "vendor=1".into());
+        event
+            .extensions
+            .insert("dataschema".into(), "urn:step:2".into());
+        let expected = event.http_binary_headers();
+
+        let request = SinkRequest::new(event).unwrap();
+        assert_eq!(text_headers(&request.headers), expected);
+        assert_eq!(request.body(), &b"{}"[..]);
+    }
+
+    #[test]
+    fn an_extension_that_cannot_be_a_header_name_is_refused_by_name() {
+        let mut event = CloudEvent::new("e-1", "/tests/sink", "workflow.step", "wf-1", Vec::new());
+        event.extensions.insert("not a name".into(), "x".into());
+        let error = SinkRequest::new(event).unwrap_err();
+        assert!(error.contains("`ce-not a name`"), "{error}");
+    }
 }

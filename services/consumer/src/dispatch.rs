@@ -323,15 +323,14 @@ pub async fn run(
     let readiness = Readiness::new(format!("joining consumer group `{}`", config.group_id));
     let stopping = CancellationToken::new();
     let admin_stop = CancellationToken::new();
-    let admin = bridge_runtime::serve_admin(
+    let admin = start_admin(
         config.admin_listen,
-        Arc::new(registry),
+        registry,
         readiness.clone(),
-        admin_stop.clone().cancelled_owned(),
+        admin_stop.clone(),
     )
     .await
     .map_err(RunError::Admin)?;
-    let admin = tokio::spawn(admin);
     tokio::spawn({
         let stopping = stopping.clone();
         async move {
@@ -397,9 +396,60 @@ pub async fn run(
         tracing::warn!(%error, "flushing the producer on shutdown failed");
     }
     admin_stop.cancel();
-    let _ = admin.await;
+    let _ = tokio::task::spawn_blocking(move || admin.join()).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` from a thread and runtime of its own. The
+/// consumer's runtime is one thread (waking other threads for every event cost a quarter of
+/// its CPU), and librdkafka blocks that thread while it commits synchronously for revoked
+/// partitions; the probes must answer meanwhile.
+async fn start_admin(
+    listen: std::net::SocketAddr,
+    registry: prometheus_client::registry::Registry,
+    readiness: Readiness,
+    stop: CancellationToken,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let (listening, listened) = tokio::sync::oneshot::channel();
+    let thread = std::thread::Builder::new()
+        .name("admin".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    let _ = listening.send(Err(error));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let server = bridge_runtime::serve_admin(
+                    listen,
+                    Arc::new(registry),
+                    readiness,
+                    stop.cancelled_owned(),
+                )
+                .await;
+                match server {
+                    Ok(server) => {
+                        let _ = listening.send(Ok(()));
+                        if let Err(error) = server.await {
+                            tracing::warn!(%error, "the admin server stopped");
+                        }
+                    }
+                    Err(error) => {
+                        let _ = listening.send(Err(error));
+                    }
+                }
+            });
+        })?;
+    listened
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::other("the admin thread ended")))
+        .map(|()| thread)
 }
 
 struct PollLoop {

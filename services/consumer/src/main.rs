@@ -34,7 +34,10 @@ fn main() -> ExitCode {
         }
     };
     bridge_runtime::init_tracing();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // One thread: on several, every hand-over of an event between the poll loop, the
+    // delivery tasks and the connections could wake another thread (a futex call each way);
+    // on one, the consumer spends about a quarter less CPU per event.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("starting the async runtime");

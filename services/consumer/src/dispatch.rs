@@ -622,6 +622,7 @@ impl PollLoop {
             return;
         };
         state.paused = pausing;
+        self.shared.metrics.paused.set(i64::from(pausing));
         let in_flight = state.in_flight;
         drop(state);
         let assignment = match self.consumer.assignment() {

@@ -48,6 +48,8 @@ pub struct ConsumerMetrics {
     pub blocked: Gauge,
     /// 1 while the sink's circuit breaker is open.
     pub circuit_open: Gauge,
+    /// 1 while the assigned partitions are paused.
+    pub paused: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -68,6 +70,7 @@ impl ConsumerMetrics {
             in_flight: Gauge::default(),
             blocked: Gauge::default(),
             circuit_open: Gauge::default(),
+            paused: Gauge::default(),
         };
         registry.register(
             "events_delivered",
@@ -118,6 +121,11 @@ impl ConsumerMetrics {
             "sink_circuit_open",
             "1 while the circuit breaker in front of the sink is open",
             metrics.circuit_open.clone(),
+        );
+        registry.register(
+            "partitions_paused",
+            "1 while the assigned partitions are paused: the maxInFlight bound held for a second, or the circuit breaker is open",
+            metrics.paused.clone(),
         );
         metrics
     }

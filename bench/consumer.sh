@@ -10,8 +10,11 @@
 #                   drain time is extrapolated from its rate)
 # events/s counts from the first event to the last one at the sink (the floor: from its
 # first record to its last); the drain time from the process's start to the last event.
-# Usage: bench/consumer.sh [N [N_BASELINE]]     (defaults 1000000 and N; prints a Markdown
-# table; deletes its topic and groups after). About 5 minutes on 2 idle cores.
+# With BEFORE_BINARY=path (an event-consumer built from an older commit), that build runs
+# too, on the same topic and sink right after the current one, as its own row.
+# Usage: [BEFORE_BINARY=...] bench/consumer.sh [N [N_BASELINE]]     (defaults 1000000 and N;
+# prints a Markdown table; deletes its topic and groups after). About 5 minutes on 2 idle
+# cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000000}
@@ -20,7 +23,7 @@ KEYS=1000
 PARTITIONS=6
 RUN_ID=$(date +%s)
 TOPIC=bench-consumer-$RUN_ID
-BENCH_GROUPS=("$TOPIC-floor" "$TOPIC-event-consumer" "$TOPIC-baseline")
+BENCH_GROUPS=("$TOPIC-floor" "$TOPIC-event-consumer" "$TOPIC-baseline" "$TOPIC-before")
 WORK=target/bench-consumer/$RUN_ID
 VENV=$HOME/.cache/omninode-bridge/bench-consumer-venv
 REQUIREMENTS=bench/baselines/consumer/requirements.txt
@@ -98,33 +101,42 @@ read -r floor_total_ms floor_ms floor_kib floor_cpu < <("$BIN"/examples/bare_con
   "$KAFKA_BOOTSTRAP_SERVERS" "$TOPIC" "${BENCH_GROUPS[0]}" "$N" 2>"$WORK/floor.log")
 floor_rate=$(per_s "$N" "$floor_ms")
 
-# event-consumer.
-say "event-consumer"
-cat >"$WORK/consumer.yaml" <<EOF
+# event-consumer: run_consumer BINARY GROUP sets rate, drain_ms, kib, cpu and sink_cpu.
+run_consumer() {
+  cat >"$WORK/$2.yaml" <<EOF
 adminListen: 127.0.0.1:0
 kafka: {bootstrapServers: "$KAFKA_BOOTSTRAP_SERVERS"}
-groupId: ${BENCH_GROUPS[1]}
+groupId: $2
 topics: [$TOPIC]
 sink: {url: "http://$SINK/events"}
 delivery: {ordering: key, maxInFlight: 64}
 startFrom: earliest
 EOF
-curl -sf -X DELETE "http://$SINK/stats"
-sink_cpu_before=$(cpu_s "$SINK_PID")
-started_ms=$(now_ms)
-"$BIN/event-consumer" --config "$WORK/consumer.yaml" 2>"$WORK/consumer.log" &
-CONSUMER_PID=$!
-wait_for_sink "$N" "$CONSUMER_PID"
-consumer_drain_ms=$((last_ms - started_ms))
-consumer_ms=$((last_ms - first_ms))
-consumer_count=$count
-consumer_kib=$(peak_rss_kib "$CONSUMER_PID")
-consumer_cpu=$(cpu_s "$CONSUMER_PID")
-consumer_sink_cpu=$(awk -v a="$sink_cpu_before" -v b="$(cpu_s "$SINK_PID")" 'BEGIN { printf "%.1f", b - a }')
-kill -TERM "$CONSUMER_PID"
-wait "$CONSUMER_PID" || say "event-consumer exited with $? on SIGTERM"
-CONSUMER_PID=
-consumer_rate=$(per_s "$consumer_count" "$consumer_ms")
+  curl -sf -X DELETE "http://$SINK/stats"
+  local sink_cpu_before started_ms
+  sink_cpu_before=$(cpu_s "$SINK_PID")
+  started_ms=$(now_ms)
+  "$1" --config "$WORK/$2.yaml" 2>"$WORK/$2.log" &
+  CONSUMER_PID=$!
+  wait_for_sink "$N" "$CONSUMER_PID"
+  drain_ms=$((last_ms - started_ms))
+  kib=$(peak_rss_kib "$CONSUMER_PID")
+  cpu=$(cpu_s "$CONSUMER_PID")
+  sink_cpu=$(awk -v a="$sink_cpu_before" -v b="$(cpu_s "$SINK_PID")" 'BEGIN { printf "%.1f", b - a }')
+  rate=$(per_s "$count" $((last_ms - first_ms)))
+  kill -TERM "$CONSUMER_PID"
+  wait "$CONSUMER_PID" || say "$1 exited with $? on SIGTERM"
+  CONSUMER_PID=
+}
+say "event-consumer"
+run_consumer "$BIN/event-consumer" "${BENCH_GROUPS[1]}"
+consumer_rate=$rate consumer_drain_ms=$drain_ms consumer_kib=$kib consumer_cpu=$cpu consumer_sink_cpu=$sink_cpu
+before_row=
+if [ -n "${BEFORE_BINARY:-}" ]; then
+  say "event-consumer before: $BEFORE_BINARY"
+  run_consumer "$BEFORE_BINARY" "${BENCH_GROUPS[3]}"
+  before_row="| event-consumer, the build in $(dirname "$BEFORE_BINARY") | $rate | $(secs "$drain_ms") s | $(mib "$kib") MiB | $cpu s | $sink_cpu s |"
+fi
 
 # (b) The baseline.
 say "baseline: aiokafka + aiohttp, $N_BASELINE events"
@@ -165,7 +177,8 @@ Load average before: $load_before; after: $load_after.
 |---|---:|---:|---:|---:|---:|
 | (a) floor: bare rdkafka consumer, no HTTP | $floor_rate | $(secs "$floor_total_ms") s | $(mib "$floor_kib") MiB | $floor_cpu s | |
 | event-consumer (key, maxInFlight 64) | $consumer_rate | $(secs "$consumer_drain_ms") s | $(mib "$consumer_kib") MiB | $consumer_cpu s | $consumer_sink_cpu s |
-| $baseline_label | $baseline_rate | $baseline_drain | $(mib "$baseline_kib") MiB | $baseline_cpu s | $baseline_sink_cpu s |
+${before_row:+$before_row
+}| $baseline_label | $baseline_rate | $baseline_drain | $(mib "$baseline_kib") MiB | $baseline_cpu s | $baseline_sink_cpu s |
 
 event-consumer / floor: $(ratio "$consumer_rate" "$floor_rate") (goal ≥ 0.5); event-consumer / baseline: $(ratio "$consumer_rate" "$baseline_rate") (goal ≥ 5); peak RSS $(mib "$consumer_kib") MiB (goal ≤ 64).
 EOF

@@ -5,7 +5,7 @@
 #
 #   e2e/stack.sh up            build what is missing (cached), start everything, wait until ready
 #   e2e/stack.sh env           export lines: eval "$(e2e/stack.sh env)"
-#   e2e/stack.sh status        one line per component: up or down
+#   e2e/stack.sh status        one line per component (and SSL listener): up or down
 #   e2e/stack.sh down          stop what `up` started (by pid); keeps caches and run data
 #   e2e/stack.sh kafka-stop N.. stop brokers (1..3) together, for fault tests
 #   e2e/stack.sh kafka-start N.. start them again and wait until they have registered
@@ -49,6 +49,9 @@ SCHEDULER_PORT=$((16259 + P))
 KWOK_PORT=$((16247 + P))
 KAFKA_BROKER_PORTS=($((19092 + P)) $((19094 + P)) $((19096 + P)))
 KAFKA_CONTROLLER_PORTS=($((19093 + P)) $((19095 + P)) $((19097 + P)))
+# Each broker's SSL listener, for clients that connect with TLS (the operator's
+# --kafka-properties test); the brokers talk among themselves on PLAINTEXT.
+KAFKA_SSL_PORTS=($((19192 + P)) $((19194 + P)) $((19196 + P)))
 KAFKA_NODES=(1 2 3)
 # Pod IPs handed out by kwok: loopback, so anything that follows an EndpointSlice stays on
 # this machine. Service cluster IPs are only allocated, never routed to.
@@ -75,6 +78,13 @@ kafka_bootstrap() {
   local IFS=,
   local servers=()
   for p in "${KAFKA_BROKER_PORTS[@]}"; do servers+=("127.0.0.1:$p"); done
+  echo "${servers[*]}"
+}
+
+kafka_ssl_bootstrap() {
+  local IFS=,
+  local servers=()
+  for p in "${KAFKA_SSL_PORTS[@]}"; do servers+=("127.0.0.1:$p"); done
   echo "${servers[*]}"
 }
 
@@ -414,6 +424,29 @@ current-context: omninode-e2e
 EOF
 }
 
+# The certificate of the brokers' SSL listeners, from the stack's CA, in the one file Kafka
+# reads as a PEM keystore: the certificate, then its unencrypted PKCS#8 private key. A step
+# of its own with its own guard file: make_pki runs only on a fresh PKI, and a run
+# directory made before the SSL listeners existed needs the certificate too. A CA made
+# after it (a PKI renewed without it) gets a new one.
+KAFKA_KEYSTORE=$PKI/kafka-server.pem
+
+make_kafka_tls() {
+  [ "$KAFKA_KEYSTORE" -nt "$PKI/ca.crt" ] && return 0
+  (
+    cd "$PKI"
+    umask 077
+    # SAN IP:127.0.0.1, the advertised host: librdkafka checks the name by default.
+    printf '%s\n' 'basicConstraints=CA:FALSE' 'keyUsage=critical,digitalSignature,keyEncipherment' \
+      'extendedKeyUsage=serverAuth' 'subjectAltName=IP:127.0.0.1,DNS:localhost' > kafka-server.ext
+    openssl req -newkey rsa:2048 -nodes -keyout kafka-server.key -out kafka-server.csr -subj /CN=kafka
+    openssl x509 -req -in kafka-server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out kafka-server.crt -days 3650 -extfile kafka-server.ext
+    cat kafka-server.crt kafka-server.key > kafka-server.pem.tmp
+    mv kafka-server.pem.tmp "$KAFKA_KEYSTORE"
+    rm -f kafka-server.csr kafka-server.ext kafka-server.key
+  ) >> "$RUN/logs/pki.log" 2>&1 || fail_with_log "pki generation for the Kafka SSL listeners failed"
+}
+
 https_ok() { # url: succeeds when the endpoint answers 200 to the admin identity
   curl -sf --max-time 3 --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" "$1"
 }
@@ -553,11 +586,15 @@ kafka_node_config() { # node id
 process.roles=broker,controller
 node.id=$n
 controller.quorum.voters=${voters[*]}
-listeners=PLAINTEXT://127.0.0.1:${KAFKA_BROKER_PORTS[$i]},CONTROLLER://127.0.0.1:${KAFKA_CONTROLLER_PORTS[$i]}
-advertised.listeners=PLAINTEXT://127.0.0.1:${KAFKA_BROKER_PORTS[$i]}
+listeners=PLAINTEXT://127.0.0.1:${KAFKA_BROKER_PORTS[$i]},CONTROLLER://127.0.0.1:${KAFKA_CONTROLLER_PORTS[$i]},SSL://127.0.0.1:${KAFKA_SSL_PORTS[$i]}
+advertised.listeners=PLAINTEXT://127.0.0.1:${KAFKA_BROKER_PORTS[$i]},SSL://127.0.0.1:${KAFKA_SSL_PORTS[$i]}
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SSL:SSL
+listener.name.ssl.ssl.keystore.type=PEM
+listener.name.ssl.ssl.keystore.location=$KAFKA_KEYSTORE
+listener.name.ssl.ssl.truststore.type=PEM
+listener.name.ssl.ssl.truststore.location=$PKI/ca.crt
 log.dirs=$RUN/kafka/data-$n
 num.partitions=1
 default.replication.factor=3
@@ -620,6 +657,28 @@ kafka_broker_in_metadata() { # node id
   kcat -b "$(kafka_bootstrap)" -L -m 3 2>/dev/null | grep -q "broker $1 at 127.0.0.1:"
 }
 
+kafka_ssl_listening() { # node id: its SSL port accepts connections
+  (: < "/dev/tcp/127.0.0.1/${KAFKA_SSL_PORTS[$(($1 - 1))]}") 2>/dev/null
+}
+
+# The broker answers on its SSL listener with a certificate the stack's CA signed for
+# 127.0.0.1, and advertises that listener.
+kafka_ssl_serves() { # node id
+  local port=${KAFKA_SSL_PORTS[$(($1 - 1))]}
+  kcat -b "127.0.0.1:$port" -X security.protocol=ssl -X ssl.ca.location="$PKI/ca.crt" -L -m 3 2>/dev/null |
+    grep -q "broker $1 at 127.0.0.1:$port"
+}
+
+# A broker started before stack.sh gave it an SSL listener runs without one until it is
+# restarted; `up` leaves running brokers alone (other tests may be using them).
+kafka_ssl_absent() { # node id
+  is_running "kafka-$1" && kafka_broker_in_metadata "$1" && ! kafka_ssl_listening "$1"
+}
+
+kafka_ssl_restart_hint() { # node id
+  echo "kafka-$1 was started before it had an SSL listener; restart it to add one: e2e/stack.sh kafka-stop $1 && e2e/stack.sh kafka-start $1"
+}
+
 # --- external cluster ----------------------------------------------------------------
 
 # When the caller already points at a reachable cluster and Kafka (their kind/k3d and their
@@ -650,12 +709,14 @@ cmd_up() {
   local cargo_pid=$!
   raise_limits
 
+  # The brokers' SSL listeners need the CA and their certificate: a few seconds of openssl.
+  make_pki
+  make_kafka_tls
   # Kafka's JVMs start slowest, so they go first and come up while the control plane does.
   prepare_kafka
   local n
   for n in "${KAFKA_NODES[@]}"; do start_kafka "$n"; done
 
-  make_pki
   start_etcd
   wait_until etcd curl -sf --max-time 2 "http://127.0.0.1:$ETCD_PORT/health"
   start_apiserver
@@ -675,6 +736,14 @@ cmd_up() {
 
   for n in "${KAFKA_NODES[@]}"; do wait_until "kafka-$n" kafka_broker_in_metadata "$n"; done
   wait_until kafka-1 kafka_brokers_registered "${#KAFKA_NODES[@]}"
+  # A broker binds all its listeners before it registers.
+  for n in "${KAFKA_NODES[@]}"; do
+    if kafka_ssl_absent "$n"; then
+      log "note: $(kafka_ssl_restart_hint "$n")"
+    else
+      wait_until "kafka-$n" kafka_ssl_serves "$n"
+    fi
+  done
   log "stack up in $((SECONDS - t0)) s: Kubernetes v$K8S_VERSION at https://127.0.0.1:$APISERVER_PORT, Kafka $KAFKA_VERSION at $(kafka_bootstrap)"
   log "use it with: eval \"\$(e2e/stack.sh env)\""
 }
@@ -686,6 +755,8 @@ cmd_env() {
     printf 'export KUBECONFIG=%q\nexport KAFKA_BOOTSTRAP_SERVERS=%q\nexport OMNINODE_STACK=local\n' \
       "$RUN/kubeconfig" "$(kafka_bootstrap)"
     printf 'export OMNINODE_POD_CIDR=%q\n' "$RUNNER_POD_CIDR"
+    printf 'export KAFKA_SSL_BOOTSTRAP_SERVERS=%q\nexport KAFKA_SSL_CA_FILE=%q\n' \
+      "$(kafka_ssl_bootstrap)" "$PKI/ca.crt"
   fi
   # $PATH stays literal: it expands where the caller evals these lines.
   # shellcheck disable=SC2016
@@ -700,17 +771,27 @@ component_up() {
     kube-scheduler) curl -skf --max-time 2 "https://127.0.0.1:$SCHEDULER_PORT/healthz" ;;
     kwok) is_running kwok && nodes_ready ;;
     pod-runner) is_running pod-runner ;;
+    kafka-*-ssl)
+      local n=${1#kafka-}
+      n=${n%-ssl}
+      is_running "kafka-$n" && kafka_ssl_serves "$n"
+      ;;
     kafka-*) is_running "$1" && kafka_broker_in_metadata "${1#kafka-}" ;;
   esac
 }
 
-COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok pod-runner kafka-1 kafka-2 kafka-3)
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok pod-runner kafka-1 kafka-2 kafka-3
+  kafka-1-ssl kafka-2-ssl kafka-3-ssl)
 
+# A listener absent because its broker predates it is said so, and fails nothing: `up`
+# does not restart running brokers, so such a stack is as up as `up` leaves it.
 cmd_status() {
-  local c all=0
+  local c n all=0
   for c in "${COMPONENTS[@]}"; do
     if component_up "$c" >/dev/null 2>&1; then
       printf '%-24s up\n' "$c"
+    elif [[ $c == kafka-*-ssl ]] && n=${c#kafka-} && n=${n%-ssl} && kafka_ssl_absent "$n"; then
+      printf '%-24s absent: %s\n' "$c" "$(kafka_ssl_restart_hint "$n")"
     else
       printf '%-24s down\n' "$c"
       all=1

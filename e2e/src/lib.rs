@@ -74,6 +74,21 @@ impl Stack {
         config
     }
 
+    /// The brokers' SSL listeners, as `e2e/stack.sh env` exports them for a local stack
+    /// (`KAFKA_SSL_BOOTSTRAP_SERVERS`, `KAFKA_SSL_CA_FILE`). Read on demand rather than by
+    /// [`Stack::from_env`], so an environment from before the listeners existed still
+    /// serves every other test.
+    pub fn kafka_ssl(&self) -> Result<KafkaSsl, StackError> {
+        let bootstrap_servers = std::env::var("KAFKA_SSL_BOOTSTRAP_SERVERS")
+            .map_err(|_| StackError::MissingEnv("KAFKA_SSL_BOOTSTRAP_SERVERS"))?;
+        let ca_file = std::env::var_os("KAFKA_SSL_CA_FILE")
+            .ok_or(StackError::MissingEnv("KAFKA_SSL_CA_FILE"))?;
+        Ok(KafkaSsl {
+            bootstrap_servers,
+            ca_file: PathBuf::from(ca_file),
+        })
+    }
+
     /// Stops one broker (1, 2 or 3) and waits until its process has exited.
     pub fn kafka_stop(&self, broker: u8) -> Result<(), StackError> {
         self.kafka_stop_brokers(&[broker])
@@ -93,6 +108,29 @@ impl Stack {
     /// Starts several brokers together: with the quorum gone, none can register alone.
     pub fn kafka_start_brokers(&self, brokers: &[u8]) -> Result<(), StackError> {
         stack_command("kafka-start", brokers)
+    }
+}
+
+/// The local stack's SSL listeners: TLS with a server certificate for 127.0.0.1 that the
+/// stack's CA signed; no client certificate asked for.
+#[derive(Debug, Clone)]
+pub struct KafkaSsl {
+    /// `127.0.0.1:port,...`, one SSL listener per broker.
+    pub bootstrap_servers: String,
+    /// The stack's CA certificate (PEM), which the brokers' certificate verifies against.
+    pub ca_file: PathBuf,
+}
+
+impl KafkaSsl {
+    /// librdkafka settings that reach the brokers over TLS, verifying their certificate
+    /// and its name against the CA.
+    pub fn kafka_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.bootstrap_servers)
+            .set("security.protocol", "ssl")
+            .set("ssl.ca.location", self.ca_file.to_string_lossy());
+        config
     }
 }
 

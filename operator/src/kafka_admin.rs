@@ -527,7 +527,10 @@ async fn describe_topics(
         Ordering::Relaxed,
     );
 
-    let existing: Vec<&String> = names.iter().filter(|n| described.contains_key(*n)).collect();
+    let existing: Vec<&String> = names
+        .iter()
+        .filter(|n| described.contains_key(*n))
+        .collect();
     let mut found = HashMap::new();
     if existing.is_empty() {
         return Ok(found);

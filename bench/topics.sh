@@ -7,7 +7,8 @@
 # (its own metrics), and until every status shows it, with the number of AlterConfigs and
 # CreatePartitions requests it took. With BEFORE_BINARY=path (an operator built from an
 # older commit), the same once more (3 partitions, 14 days) with that binary.
-# Usage: [BEFORE_BINARY=...] bench/topics.sh N
+# With DRIFT=no, creation only (for large N: the drift phases rewrite every object twice).
+# Usage: [BEFORE_BINARY=...] [DRIFT=no] bench/topics.sh N
 #   prints Markdown table rows; deletes its topics after
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,10 +30,27 @@ cleanup() {
 }
 trap cleanup EXIT
 
+kafka_files() { # the most files any broker has open
+  local n max=0 pid
+  for n in 1 2 3; do
+    pid=$(cat "$(dirname "$KUBECONFIG")/pids/kafka-$n.pid")
+    n=$(find "/proc/$pid/fd" -mindepth 1 2>/dev/null | wc -l)
+    [ "$n" -gt "$max" ] && max=$n
+  done
+  echo "$max"
+}
+
 # The floor.
+files_before_floor=$(kafka_files)
 floor_seconds=$("${CARGO_TARGET_DIR:-target}/release/examples/create_topics" "$KAFKA_BOOTSTRAP_SERVERS" "floor-$RUN_ID" "$N")
-# Its topics are not needed any more: fewer files open on the brokers for what follows.
+# Its topics are not needed any more. Each replica keeps a file open on its broker, and the
+# open-file limit may be as low as 20,000: wait (up to 3 minutes) until the brokers have
+# closed the floor's files before the operator's topics open as many again.
 kafka-topics --bootstrap-server "$KAFKA_BOOTSTRAP_SERVERS" --delete --topic "floor-$RUN_ID-.*" >/dev/null 2>&1 || true
+for _ in $(seq 1 180); do
+  [ "$(kafka_files)" -le $((files_before_floor + N / 10)) ] && break
+  sleep 1
+done
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
@@ -66,6 +84,21 @@ topics_written() { # operation
   sum=$(metric bridge_operator_kafka_admin_batch_size_sum "operation=\"$1\"")
   if [ "$sum" -eq 0 ]; then metric bridge_operator_kafka_writes_total "operation=\"$1\""; else echo "$sum"; fi
 }
+# CPU seconds used so far by every process of this machine, summed by command name (utime +
+# stime of /proc/PID/stat with the children it has waited for, so kubectl counts under the
+# shell that ran it; in clock ticks): two samples show where a phase's CPU went.
+cpu_by_command() {
+  local f line comm rest
+  for f in /proc/[0-9]*/stat; do
+    read -r line < "$f" 2>/dev/null || continue
+    comm=${line#*(}; comm=${comm%%)*}; rest=(${line##*) })
+    echo "${comm// /_} $((rest[11] + rest[12] + rest[13] + rest[14]))"
+  done | awk '{t[$1] += $2} END {for (c in t) print c, t[c]}'
+}
+# cpu_report BEFORE AFTER: the commands that used at least 1 s between the two samples.
+cpu_report() {
+  awk -v hz="$(getconf CLK_TCK)" 'NR == FNR {b[$1] = $2; next} {d = ($2 - b[$1]) / hz; if (d >= 1) printf "%s %.1f s\n", $1, d}' "$1" "$2" | sort -k2 -rn
+}
 # How many EventTopics show PARTITIONS in status, with the current generation observed.
 statuses_in_line() { # partitions
   kubectl get eventtopics -n "$NS" --request-timeout=60s \
@@ -82,12 +115,15 @@ done > "$WORK/eventtopics.yaml"
 OPERATOR=${CARGO_TARGET_DIR:-target}/release/bridge-operator
 start_operator "$OPERATOR" "$WORK/operator.log"
 
+cpu_by_command > "$WORK/cpu-before.txt"
 started_ms=$(($(date +%s%N) / 1000000))
 kubectl apply --server-side -f "$WORK/eventtopics.yaml" >/dev/null
 apply_ms=$(($(date +%s%N) / 1000000 - started_ms))
 ready=0
+# Listing every object is itself load on the API server: at large N, look less often.
+poll_s=$(( N > 1000 ? N / 1000 : 1 ))
 while [ "$ready" -lt "$N" ]; do
-  sleep 1
+  sleep "$poll_s"
   ready=$(kubectl get eventtopics -n "$NS" --request-timeout=60s \
     -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c True || true)
   if [ $(($(date +%s%N) / 1000000 - started_ms)) -gt 1800000 ]; then
@@ -97,7 +133,13 @@ while [ "$ready" -lt "$N" ]; do
 done
 operator_ms=$(($(date +%s%N) / 1000000 - started_ms))
 peak_kib=$(awk '/VmHWM/ {print $2}' "/proc/$OPERATOR_PID/status")
+cpu_by_command > "$WORK/cpu-ready.txt"
+cpu_report "$WORK/cpu-before.txt" "$WORK/cpu-ready.txt" > "$WORK/cpu-create.txt"
+curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" > "$WORK/metrics-create.txt"
 
+echo "bench: CPU from the apply until all Ready, by command (also $WORK/cpu-create.txt):" >&2
+sed 's/^/bench:   /' "$WORK/cpu-create.txt" >&2
+echo "bench: the operator's metrics at that moment: $WORK/metrics-create.txt" >&2
 # Columns: N | apply to all Ready | of which kubectl's apply | floor | operator peak RSS | load
 printf '| %d | %d.%d s | %d.%d s | %s s | %d MiB | %s |\n' "$N" $((operator_ms / 1000)) $((operator_ms % 1000 / 100)) \
   $((apply_ms / 1000)) $((apply_ms % 1000 / 100)) "$floor_seconds" $((peak_kib / 1024)) \
@@ -135,6 +177,7 @@ drift() { # label binary partitions retention
   printf '| %s | %d | %s | %s | %d | %d | %s |\n' "$1" "$N" "$(seconds "$kafka_ms")" "$(seconds "$status_ms")" \
     "$configs" "$partitions" "$(cut -d' ' -f1 /proc/loadavg)"
 }
+[ "${DRIFT:-yes}" = no ] && exit 0
 drift "this build" "$OPERATOR" 2 7d
 if [ -n "${BEFORE_BINARY:-}" ]; then
   drift "$(basename "$BEFORE_BINARY")" "$BEFORE_BINARY" 3 14d

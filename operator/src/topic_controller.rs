@@ -417,7 +417,7 @@ async fn create(
     let next = if report.status.topic_id.is_some() {
         ctx.resync_action()
     } else {
-        Action::requeue(SETTLE)
+        Action::requeue(SETTLE.min(ctx.resync))
     };
     // A status that already names a topic means the operator had it once: someone deleted it.
     let action = if report.status.partitions.is_some() {

@@ -16,7 +16,9 @@
 # Usage: bench/receiver.sh [STEP_S [HALF_S]]     (defaults 10 and 15; prints a Markdown
 # table; deletes its topics after). About 5 minutes on 2 idle cores.
 # KAFKA_EXTRA="name=value ..." adds librdkafka properties to both hook-receiver (through
-# `kafka.properties`) and the floor, e.g. KAFKA_EXTRA=max.in.flight.requests.per.connection=1.
+# `kafka.properties`) and the floor, e.g. KAFKA_EXTRA=max.in.flight.requests.per.connection=5
+# (the receiver's default is 1). PARTITIONS=N changes the topics' partition count (6);
+# BASELINE=0 skips the Python baseline (for comparing receiver settings only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEP_S=${1:-10}
@@ -26,7 +28,8 @@ MIN_RATE=50
 MAX_RATE=64000
 P99_LIMIT_MS=50
 KEYS=1000
-PARTITIONS=6
+PARTITIONS=${PARTITIONS:-6}
+BASELINE=${BASELINE:-1}
 FLOOR_RECORDS=100000
 FLOOR_IN_FLIGHT=1000
 RUN_ID=$(date +%s)
@@ -223,27 +226,33 @@ wait "$RECEIVER_PID" || say "hook-receiver exited with $? on SIGTERM"
 RECEIVER_PID=
 
 # (b) The baseline.
-port=$(free_port)
-"$VENV/bin/python" bench/baselines/receiver/receiver.py "$KAFKA_BOOTSTRAP_SERVERS" "$TOPIC_BASELINE" \
-  "$WORK/secret" "$port" >"$WORK/baseline.out" 2>"$WORK/baseline.log" &
-BASELINE_PID=$!
-until [ -s "$WORK/baseline.out" ]; do
-  kill -0 "$BASELINE_PID" 2>/dev/null || { say "the baseline exited; see $WORK/baseline.log"; exit 1; }
-  sleep 0.1
-done
-targets "http://127.0.0.1:$port/github" >"$WORK/baseline.targets"
-say "baseline: step search"
-search "$WORK/baseline.targets" baseline
-baseline_best=$best
-baseline_best_label=$best_label
-baseline_steps=$steps
-baseline_half_p50=$half_p50
-baseline_half_p99=$half_p99
-baseline_kib=$(peak_rss_kib "$BASELINE_PID")
-baseline_cpu=$(cpu_s "$BASELINE_PID")
-kill -TERM "$BASELINE_PID"
-wait "$BASELINE_PID" || say "the baseline exited with $? on SIGTERM"
-BASELINE_PID=
+if [ "$BASELINE" = 1 ]; then
+  port=$(free_port)
+  "$VENV/bin/python" bench/baselines/receiver/receiver.py "$KAFKA_BOOTSTRAP_SERVERS" "$TOPIC_BASELINE" \
+    "$WORK/secret" "$port" >"$WORK/baseline.out" 2>"$WORK/baseline.log" &
+  BASELINE_PID=$!
+  until [ -s "$WORK/baseline.out" ]; do
+    kill -0 "$BASELINE_PID" 2>/dev/null || { say "the baseline exited; see $WORK/baseline.log"; exit 1; }
+    sleep 0.1
+  done
+  targets "http://127.0.0.1:$port/github" >"$WORK/baseline.targets"
+  say "baseline: step search"
+  search "$WORK/baseline.targets" baseline
+  baseline_best=$best
+  baseline_best_label=$best_label
+  baseline_steps=$steps
+  baseline_half_p50=$half_p50
+  baseline_half_p99=$half_p99
+  baseline_kib=$(peak_rss_kib "$BASELINE_PID")
+  baseline_cpu=$(cpu_s "$BASELINE_PID")
+  kill -TERM "$BASELINE_PID"
+  wait "$BASELINE_PID" || say "the baseline exited with $? on SIGTERM"
+  BASELINE_PID=
+else
+  say "baseline: skipped (BASELINE=0)"
+  baseline_best=0 baseline_best_label=skipped baseline_steps="" baseline_half_p50=n/a
+  baseline_half_p99=n/a baseline_kib=0 baseline_cpu=n/a
+fi
 
 load_after=$(uptime | sed 's/.*load average: //')
 say "load average after: $load_after"

@@ -2,8 +2,8 @@
 //! the records hook-receiver would write for the benchmark's requests (CloudEvents in
 //! binary mode, `to_kafka_headers`, a 1 KiB JSON body, the delivery id as the key, `keys`
 //! distinct keys in turn), with the receiver's producer settings (`acks=all`, idempotence,
-//! murmur2, librdkafka's default batching), as fast as it can with at most `in_flight`
-//! records unacknowledged.
+//! murmur2, one request in flight per broker, librdkafka's default batching), as fast as
+//! it can with at most `in_flight` records unacknowledged.
 //!
 //! bare_producer <bootstrap servers> <topic> <count> <keys> <in_flight> [property=value ...]
 //! (extra librdkafka properties, set after the receiver's, are for experiments only)
@@ -91,7 +91,8 @@ fn main() {
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("partitioner", "murmur2_random")
-        .set("message.timeout.ms", "30000");
+        .set("message.timeout.ms", "30000")
+        .set("max.in.flight.requests.per.connection", "1");
     for property in extra {
         let (name, value) = property
             .split_once('=')

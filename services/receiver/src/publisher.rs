@@ -86,6 +86,15 @@ pub fn create_producer(
     breaker: Arc<Breaker>,
     idempotence: Arc<IdempotenceState>,
 ) -> Result<EventProducer, KafkaError> {
+    producer_config(settings).create_with_context(BrokerSignals {
+        breaker,
+        idempotence,
+    })
+}
+
+/// The producer's librdkafka settings: the user's properties, the receiver's defaults
+/// where they set nothing, and the guarantees' settings over everything.
+pub fn producer_config(settings: &bridge_events::KafkaSettings) -> rdkafka::ClientConfig {
     let mut config = settings.client_config();
     if config.get("message.timeout.ms").is_none() {
         // Only the drain and audit/lifecycle events wait this long; requests are bounded by
@@ -110,10 +119,7 @@ pub fn create_producer(
         .set("enable.idempotence", "true")
         .set("partitioner", "murmur2_random")
         .set("statistics.interval.ms", "500");
-    config.create_with_context(BrokerSignals {
-        breaker,
-        idempotence,
-    })
+    config
 }
 
 /// How long the drain waits for Kafka to have a leader for every partition of a batch's
@@ -740,6 +746,71 @@ mod tests {
             "the topic: UnknownTopicOrPartition"
         );
         assert!(leaders(&[], &[1, 2, 3]).missing().is_some());
+    }
+
+    fn settings(properties: &[(&str, &str)]) -> bridge_events::KafkaSettings {
+        bridge_events::KafkaSettings {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            properties: properties
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            properties_file: None,
+        }
+    }
+
+    #[test]
+    fn one_request_in_flight_per_broker_unless_the_user_sets_it() {
+        let config = producer_config(&settings(&[]));
+        assert_eq!(
+            config.get("max.in.flight.requests.per.connection"),
+            Some("1")
+        );
+        assert_eq!(config.get("enable.idempotence"), Some("true"));
+        let config = producer_config(&settings(&[("max.in.flight.requests.per.connection", "5")]));
+        assert_eq!(
+            config.get("max.in.flight.requests.per.connection"),
+            Some("5")
+        );
+        let config = producer_config(&settings(&[("max.in.flight", "3")]));
+        assert_eq!(config.get("max.in.flight"), Some("3"));
+        assert_eq!(config.get("max.in.flight.requests.per.connection"), None);
+    }
+
+    #[test]
+    fn more_than_five_requests_in_flight_stop_the_receiver_at_start() {
+        let breaker = Arc::new(Breaker::new(
+            crate::config::BreakerConfig {
+                failure_threshold: 3,
+                open_for: Duration::from_secs(1),
+                max_open_for: Duration::from_secs(30),
+            },
+            Metrics::default(),
+        ));
+        let create = |value: &str| {
+            create_producer(
+                &settings(&[("max.in.flight.requests.per.connection", value)]),
+                breaker.clone(),
+                Arc::default(),
+            )
+        };
+        assert!(create("5").is_ok());
+        let refused = create("6")
+            .err()
+            .expect("librdkafka refuses 6 with idempotence");
+        assert!(refused.to_string().contains("max.in.flight"), "{refused}");
+    }
+
+    #[test]
+    fn the_guarantees_settings_win_over_the_users_properties() {
+        let config = producer_config(&settings(&[
+            ("acks", "1"),
+            ("enable.idempotence", "false"),
+            ("message.timeout.ms", "5000"),
+        ]));
+        assert_eq!(config.get("acks"), Some("all"));
+        assert_eq!(config.get("enable.idempotence"), Some("true"));
+        assert_eq!(config.get("message.timeout.ms"), Some("5000"));
     }
 
     #[test]

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # EventTopic benchmark: N EventTopics (1 partition, RF 3) applied in one server-side apply,
 # time until all are Ready and the operator's peak RSS; side by side in the same run with
-# the floor, a bare admin-API program creating the same number of topics.
+# the floor, a bare admin-API program creating the same number of topics. For each
+# creation, where the machine's CPU went (by command) and the operator's metrics.
 # Then drift correction: with the operator stopped, every spec asks for 2 partitions and
 # 7 days of retention; the time from the operator's start until Kafka has every change
 # (its own metrics), and until every status shows it, with the number of AlterConfigs and
-# CreatePartitions requests it took. With BEFORE_BINARY=path (an operator built from an
-# older commit), the same once more (3 partitions, 14 days) with that binary.
+# CreatePartitions requests it took.
+# With BEFORE_BINARY=path (an operator built from an older commit), that build too, side
+# by side: a creation of its own (before this build's, in another namespace) and a drift
+# correction (3 partitions, 14 days) after this build's.
 # With DRIFT=no, creation only (for large N: the drift phases rewrite every object twice).
 # Usage: [BEFORE_BINARY=...] [DRIFT=no] bench/topics.sh N
 #   prints Markdown table rows; deletes its topics after
@@ -14,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:?usage: bench/topics.sh N}
 RUN_ID=$(date +%s)
-NS=bench-topics-$RUN_ID
+NS_PREFIX=bench-topics-$RUN_ID
 WORK=target/bench-topics/$RUN_ID
 mkdir -p "$WORK"
 
@@ -25,8 +28,8 @@ kubectl apply --server-side -f crds/ >/dev/null
 
 cleanup() {
   if [ -n "${OPERATOR_PID:-}" ]; then kill "$OPERATOR_PID" 2>/dev/null || true; fi
-  kubectl delete namespace "$NS" --wait=false >/dev/null 2>&1 || true
-  kafka-topics --bootstrap-server "$KAFKA_BOOTSTRAP_SERVERS" --delete --topic "(floor|op)-$RUN_ID-.*" >/dev/null 2>&1 || true
+  kubectl delete namespace "$NS_PREFIX" "$NS_PREFIX-before" --wait=false >/dev/null 2>&1 || true
+  kafka-topics --bootstrap-server "$KAFKA_BOOTSTRAP_SERVERS" --delete --topic "(floor-$RUN_ID|op-$NS_PREFIX)-.*" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 
@@ -106,44 +109,58 @@ statuses_in_line() { # partitions
     awk -v p="$1" '$1 == p && $2 == $3 {n++} END {print n + 0}'
 }
 
-# The operator, watching a namespace of its own.
-kubectl create namespace "$NS" >/dev/null
-for i in $(seq 0 $((N - 1))); do
-  printf -- '---\napiVersion: bridge.omninode.io/v1alpha1\nkind: EventTopic\nmetadata: {name: t%d, namespace: %s}\nspec: {topicName: op-%s-%d, partitions: 1}\n' \
-    "$i" "$NS" "$RUN_ID" "$i"
-done > "$WORK/eventtopics.yaml"
+# creation LABEL BINARY: an operator (BINARY), watching a namespace of its own ($NS), and N
+# new EventTopics in it applied at once; prints the table row and leaves that operator
+# running (the drift phases stop it).
+creation() {
+  kubectl create namespace "$NS" >/dev/null
+  local i yaml=$WORK/$NS.yaml
+  for i in $(seq 0 $((N - 1))); do
+    printf -- '---\napiVersion: bridge.omninode.io/v1alpha1\nkind: EventTopic\nmetadata: {name: t%d, namespace: %s}\nspec: {topicName: op-%s-%d, partitions: 1}\n' \
+      "$i" "$NS" "$NS" "$i"
+  done > "$yaml"
+  start_operator "$2" "$WORK/operator-$NS.log"
+
+  cpu_by_command > "$WORK/cpu-before-$NS.txt"
+  local started_ms apply_ms operator_ms peak_kib ready=0
+  started_ms=$(now_ms)
+  kubectl apply --server-side -f "$yaml" >/dev/null
+  apply_ms=$(($(now_ms) - started_ms))
+  # Listing every object is itself load on the API server: at large N, look less often.
+  local poll_s=$((N > 1000 ? N / 1000 : 1))
+  while [ "$ready" -lt "$N" ]; do
+    sleep "$poll_s"
+    ready=$(kubectl get eventtopics -n "$NS" --request-timeout=60s \
+      -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c True || true)
+    if [ $(($(now_ms) - started_ms)) -gt 1800000 ]; then
+      echo "bench: only $ready of $N Ready after 30 minutes ($1)" >&2
+      exit 1
+    fi
+  done
+  operator_ms=$(($(now_ms) - started_ms))
+  peak_kib=$(awk '/VmHWM/ {print $2}' "/proc/$OPERATOR_PID/status")
+  cpu_by_command > "$WORK/cpu-ready-$NS.txt"
+  cpu_report "$WORK/cpu-before-$NS.txt" "$WORK/cpu-ready-$NS.txt" > "$WORK/cpu-create-$NS.txt"
+  curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" > "$WORK/metrics-create-$NS.txt"
+
+  echo "bench: $1: CPU from the apply until all Ready, by command (also $WORK/cpu-create-$NS.txt):" >&2
+  sed 's/^/bench:   /' "$WORK/cpu-create-$NS.txt" >&2
+  echo "bench: $1: the operator's metrics at that moment: $WORK/metrics-create-$NS.txt" >&2
+  # Columns: operator | N | apply to all Ready | of which kubectl's apply | floor | operator peak RSS | load
+  printf '| %s | %d | %s | %s | %s s | %d MiB | %s |\n' "$1" "$N" "$(seconds "$operator_ms")" \
+    "$(seconds "$apply_ms")" "$floor_seconds" $((peak_kib / 1024)) "$(cut -d' ' -f1 /proc/loadavg)"
+}
+
 OPERATOR=${CARGO_TARGET_DIR:-target}/release/bridge-operator
-start_operator "$OPERATOR" "$WORK/operator.log"
-
-cpu_by_command > "$WORK/cpu-before.txt"
-started_ms=$(($(date +%s%N) / 1000000))
-kubectl apply --server-side -f "$WORK/eventtopics.yaml" >/dev/null
-apply_ms=$(($(date +%s%N) / 1000000 - started_ms))
-ready=0
-# Listing every object is itself load on the API server: at large N, look less often.
-poll_s=$(( N > 1000 ? N / 1000 : 1 ))
-while [ "$ready" -lt "$N" ]; do
-  sleep "$poll_s"
-  ready=$(kubectl get eventtopics -n "$NS" --request-timeout=60s \
-    -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c True || true)
-  if [ $(($(date +%s%N) / 1000000 - started_ms)) -gt 1800000 ]; then
-    echo "bench: only $ready of $N Ready after 30 minutes" >&2
-    exit 1
-  fi
-done
-operator_ms=$(($(date +%s%N) / 1000000 - started_ms))
-peak_kib=$(awk '/VmHWM/ {print $2}' "/proc/$OPERATOR_PID/status")
-cpu_by_command > "$WORK/cpu-ready.txt"
-cpu_report "$WORK/cpu-before.txt" "$WORK/cpu-ready.txt" > "$WORK/cpu-create.txt"
-curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" > "$WORK/metrics-create.txt"
-
-echo "bench: CPU from the apply until all Ready, by command (also $WORK/cpu-create.txt):" >&2
-sed 's/^/bench:   /' "$WORK/cpu-create.txt" >&2
-echo "bench: the operator's metrics at that moment: $WORK/metrics-create.txt" >&2
-# Columns: N | apply to all Ready | of which kubectl's apply | floor | operator peak RSS | load
-printf '| %d | %d.%d s | %d.%d s | %s s | %d MiB | %s |\n' "$N" $((operator_ms / 1000)) $((operator_ms % 1000 / 100)) \
-  $((apply_ms / 1000)) $((apply_ms % 1000 / 100)) "$floor_seconds" $((peak_kib / 1024)) \
-  "$(cut -d' ' -f1 /proc/loadavg)"
+# The older build first, so whatever the brokers still do after a creation weighs on this
+# build's figures, not on the older one's.
+if [ -n "${BEFORE_BINARY:-}" ]; then
+  NS=$NS_PREFIX-before
+  creation "$(basename "$BEFORE_BINARY")" "$BEFORE_BINARY"
+  stop_operator
+fi
+NS=$NS_PREFIX
+creation "this build" "$OPERATOR"
 
 # Drift correction: the specs change while no operator runs, so the next one finds all N
 # topics out of line at once (as after an operator upgrade, or a bulk change by hand).
@@ -151,7 +168,7 @@ drift() { # label binary partitions retention
   stop_operator
   for i in $(seq 0 $((N - 1))); do
     printf -- '---\napiVersion: bridge.omninode.io/v1alpha1\nkind: EventTopic\nmetadata: {name: t%d, namespace: %s}\nspec: {topicName: op-%s-%d, partitions: %d, retention: %s}\n' \
-      "$i" "$NS" "$RUN_ID" "$i" "$3" "$4"
+      "$i" "$NS" "$NS" "$i" "$3" "$4"
   done > "$WORK/drift-$3.yaml"
   kubectl apply --server-side -f "$WORK/drift-$3.yaml" >/dev/null
   local started kafka_ms=0 status_ms=0 configs partitions

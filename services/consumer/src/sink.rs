@@ -124,13 +124,12 @@ impl SinkClient {
 
     /// One attempt: POST the event and sort the answer.
     pub async fn send(&self, request: &SinkRequest) -> SinkAnswer {
-        let sent = self
-            .http
-            .post(self.url.clone())
-            .headers(request.headers.clone())
-            .body(request.body.clone())
-            .send()
-            .await;
+        // The request is put together directly: the builder would insert the headers one by
+        // one into a map of its own, growing it several times for every request.
+        let mut post = reqwest::Request::new(reqwest::Method::POST, self.url.clone());
+        *post.headers_mut() = request.headers.clone();
+        *post.body_mut() = Some(request.body.clone().into());
+        let sent = self.http.execute(post).await;
         let response = match sent {
             Ok(response) => response,
             Err(error) => return self.transport_failure(&error),

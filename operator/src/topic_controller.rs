@@ -32,6 +32,11 @@ const KIND: &str = "EventTopic";
 /// topic's configs a moment after CreateTopics returns, and a describe in that moment reads
 /// as drift. Within it, differences are re-checked shortly instead of "corrected".
 const SETTLE: Duration = Duration::from_secs(10);
+/// How long after creating a topic a description showing none of its configs is taken for
+/// a broker that has not caught up yet rather than for drift. Brokers busy creating
+/// thousands of topics were seen answering that way for minutes (the 10,000-topic bench);
+/// "corrected", it wrote the configs again and audited changes nobody made.
+const CONFIGS_PROPAGATION: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -65,7 +70,7 @@ pub struct Context {
     pub resync: Duration,
     /// Consecutive Kafka failures per object, for the backoff.
     backoff: Backoff,
-    /// Topics this process created, and when, for [`SETTLE`].
+    /// Topics this process created, and when, for [`SETTLE`] and [`CONFIGS_PROPAGATION`].
     created: Mutex<HashMap<String, Instant>>,
 }
 
@@ -121,17 +126,27 @@ impl Context {
 
     fn created_now(&self, topic: &str) {
         let mut created = self.created.lock().unwrap_or_else(|e| e.into_inner());
-        created.retain(|_, at| at.elapsed() < SETTLE);
+        created.retain(|_, at| at.elapsed() < CONFIGS_PROPAGATION);
         created.insert(topic.to_owned(), Instant::now());
     }
 
-    /// Whether this process created `topic` so recently that its description may lag.
-    fn settling(&self, topic: &str) -> bool {
+    /// How long ago this process created `topic`, if it did within [`CONFIGS_PROPAGATION`].
+    fn created_ago(&self, topic: &str) -> Option<Duration> {
         self.created
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(topic)
-            .is_some_and(|at| at.elapsed() < SETTLE)
+            .map(Instant::elapsed)
+            .filter(|ago| *ago < CONFIGS_PROPAGATION)
+    }
+
+    /// Whether the description of `topic` may lag behind its creation: within [`SETTLE`]
+    /// of creating it, or later within [`CONFIGS_PROPAGATION`] while the broker shows none
+    /// of the configs it was created with.
+    fn settling(&self, topic: &DesiredTopic, observed: &ObservedTopic) -> bool {
+        self.created_ago(&topic.name).is_some_and(|ago| {
+            ago < SETTLE || (observed.configs.is_empty() && !topic.configs.is_empty())
+        })
     }
 
     fn succeeded(&self, key: &str) {
@@ -460,7 +475,7 @@ async fn converge(
     report: &mut Report,
 ) -> Result<Action, AdminError> {
     let plan = topic_plan::plan(desired, observed);
-    if plan.writes() && ctx.settling(&desired.name) {
+    if plan.writes() && ctx.settling(desired, observed) {
         return Ok(Action::requeue(Duration::from_secs(2)));
     }
     let publish = ctx.admin.audit_topic_exists();

@@ -111,7 +111,9 @@ pub struct Route {
     #[schemars(range(min = 1))]
     pub max_body_bytes: i64,
 
-    /// A delivery id seen again within this window is acknowledged but not published twice.
+    /// A delivery id seen again within this window by the same receiver is acknowledged but
+    /// not published twice. Each replica keeps its own window: a retry that reaches another
+    /// replica is published again, with the same CloudEvent id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dedupe_window: Option<Duration>,
 }

@@ -94,7 +94,8 @@ cpu_by_command() {
   local f line comm rest
   for f in /proc/[0-9]*/stat; do
     read -r line < "$f" 2>/dev/null || continue
-    comm=${line#*(}; comm=${comm%%)*}; rest=(${line##*) })
+    comm=${line#*(}; comm=${comm%%)*}
+    read -r -a rest <<< "${line##*) }"
     echo "${comm// /_} $((rest[11] + rest[12] + rest[13] + rest[14]))"
   done | awk '{t[$1] += $2} END {for (c in t) print c, t[c]}'
 }

@@ -60,7 +60,7 @@ impl SinkRequest {
         let attributes = event.http_binary_headers();
         let mut headers = HeaderMap::with_capacity(attributes.len());
         for (name, value) in attributes {
-            let header = header_name(&name)
+            let header = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| format!("the attribute `{name}` cannot be an HTTP header name"))?;
             // Takes the text as it is, without copying it.
             let value = HeaderValue::try_from(value)
@@ -76,29 +76,6 @@ impl SinkRequest {
     /// The event's data.
     pub fn body(&self) -> &Bytes {
         &self.body
-    }
-}
-
-/// The header names every event carries, made once instead of copied for each event.
-const KNOWN_HEADERS: [&str; 12] = [
-    "ce-specversion",
-    "ce-id",
-    "ce-source",
-    "ce-type",
-    "ce-time",
-    "ce-subject",
-    "ce-correlationid",
-    "ce-causationid",
-    "ce-schemaversion",
-    "traceparent",
-    "tracestate",
-    "content-type",
-];
-
-fn header_name(name: &str) -> Result<HeaderName, reqwest::header::InvalidHeaderName> {
-    match KNOWN_HEADERS.iter().find(|known| **known == name) {
-        Some(known) => Ok(HeaderName::from_static(known)),
-        None => HeaderName::from_bytes(name.as_bytes()),
     }
 }
 

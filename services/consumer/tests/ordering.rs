@@ -38,11 +38,7 @@ async fn key_ordering_keeps_each_keys_order_while_keys_run_in_parallel() {
         "keys were delivered in parallel, not one per partition ({} at once)",
         sink.max_in_flight()
     );
-    let twice: Vec<_> = sink
-        .accepted()
-        .into_iter()
-        .filter(|(_, n)| *n > 1)
-        .collect();
+    let twice = sink.accepted_twice();
     assert!(twice.is_empty(), "delivered twice: {twice:?}");
     assert!(
         sink.out_of_order().is_empty(),

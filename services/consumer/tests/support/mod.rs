@@ -325,6 +325,14 @@ impl TestSink {
         counts
     }
 
+    /// The events the sink accepted more than once, with how many times.
+    pub fn accepted_twice(&self) -> Vec<(String, u32)> {
+        self.accepted()
+            .into_iter()
+            .filter(|(_, n)| *n > 1)
+            .collect()
+    }
+
     pub fn max_in_flight(&self) -> usize {
         self.log.lock().unwrap().max_in_flight
     }

@@ -14,24 +14,46 @@ use common::*;
 
 const ROUTE: &str = "  - name: steps\n    path: /steps\n    topic: {topic}\n    eventType: {value: workflow.step}\n    correlationId: {header: X-Workflow}\n    auth: {bearer: {secretFile: {secret}}}\n";
 
+/// A receiver with one bearer-token route to `topic`, whose Kafka is a port nothing listens
+/// on, so every event it acknowledges is spooled; and the same config pointed at the
+/// stack's brokers, to restart it with.
+async fn spooling_receiver(
+    stack: &bridge_e2e::Stack,
+    topic: &str,
+    name: &str,
+    token: &str,
+) -> (Receiver, String) {
+    let dir = scratch_dir(name);
+    let secret = dir.join("token");
+    std::fs::write(&secret, token).unwrap();
+    let routes = ROUTE
+        .replace("{topic}", topic)
+        .replace("{secret}", &secret.display().to_string());
+    let (port, admin_port) = (free_port(), free_port());
+    let nowhere = format!("127.0.0.1:{}", free_port());
+    let extra = format!("publishTimeout: 1s\ninstance: {name}-test");
+    let receiver = Receiver::start(
+        &dir,
+        &config_yaml(&dir, port, admin_port, &nowhere, &extra, &routes),
+    )
+    .await;
+    let with_kafka = config_yaml(
+        &dir,
+        port,
+        admin_port,
+        &stack.kafka_bootstrap_servers,
+        &extra,
+        &routes,
+    );
+    (receiver, with_kafka)
+}
+
 #[tokio::test]
 async fn a_killed_receiver_with_a_torn_spool_recovers_and_delivers_every_acknowledged_event() {
     let stack = stack();
     let topic = create_topic(&stack, 6).await;
-    let dir = scratch_dir("crash");
-    let secret = dir.join("token");
-    std::fs::write(&secret, "crash-token").unwrap();
-    let routes = ROUTE
-        .replace("{topic}", &topic)
-        .replace("{secret}", &secret.display().to_string());
-    let (port, admin_port) = (free_port(), free_port());
-    let nowhere = format!("127.0.0.1:{}", free_port());
-    let extra = "publishTimeout: 1s\ninstance: crash-test";
-    let mut receiver = Receiver::start(
-        &dir,
-        &config_yaml(&dir, port, admin_port, &nowhere, extra, &routes),
-    )
-    .await;
+    let (mut receiver, with_kafka) =
+        spooling_receiver(&stack, &topic, "crash", "crash-token").await;
 
     let load = KeyedLoad::start(format!("{}/steps", receiver.url), 4, "crash-token");
     load.wait_answered(60, Duration::from_secs(60)).await;
@@ -46,7 +68,7 @@ async fn a_killed_receiver_with_a_torn_spool_recovers_and_delivers_every_acknowl
     );
 
     // A crash in the middle of an append leaves half a record at the end of the last segment.
-    let mut segments: Vec<_> = std::fs::read_dir(dir.join("spool"))
+    let mut segments: Vec<_> = std::fs::read_dir(receiver.dir.join("spool"))
         .unwrap()
         .map(|entry| entry.unwrap().path())
         .filter(|path| path.extension().is_some_and(|e| e == "log"))
@@ -58,18 +80,7 @@ async fn a_killed_receiver_with_a_torn_spool_recovers_and_delivers_every_acknowl
         .unwrap();
     drop(file);
 
-    std::fs::write(
-        &receiver.config_path,
-        config_yaml(
-            &dir,
-            port,
-            admin_port,
-            &stack.kafka_bootstrap_servers,
-            extra,
-            &routes,
-        ),
-    )
-    .unwrap();
+    std::fs::write(&receiver.config_path, &with_kafka).unwrap();
     receiver.spawn().await;
     assert!(receiver.log().contains("torn record"), "{}", receiver.log());
 
@@ -96,38 +107,15 @@ async fn a_killed_receiver_with_a_torn_spool_recovers_and_delivers_every_acknowl
 async fn a_spool_for_partitions_without_a_leader_waits_and_drains_in_order_once_they_have_one() {
     let stack = stack();
     let topic = bridge_e2e::unique_name("receiver-late");
-    let dir = scratch_dir("late-topic");
-    let secret = dir.join("token");
-    std::fs::write(&secret, "late-token").unwrap();
-    let routes = ROUTE
-        .replace("{topic}", &topic)
-        .replace("{secret}", &secret.display().to_string());
-    let (port, admin_port) = (free_port(), free_port());
-    let nowhere = format!("127.0.0.1:{}", free_port());
-    let extra = "publishTimeout: 1s\ninstance: late-topic-test";
-    let mut receiver = Receiver::start(
-        &dir,
-        &config_yaml(&dir, port, admin_port, &nowhere, extra, &routes),
-    )
-    .await;
+    let (mut receiver, with_kafka) =
+        spooling_receiver(&stack, &topic, "late-topic", "late-token").await;
     let load = KeyedLoad::start(format!("{}/steps", receiver.url), 4, "late-token");
     load.wait_answered(40, Duration::from_secs(60)).await;
     let acknowledged = load.stop().await;
     receiver.signal("TERM");
     assert_eq!(receiver.wait_exit(Duration::from_secs(30)).await, Some(0));
 
-    std::fs::write(
-        &receiver.config_path,
-        config_yaml(
-            &dir,
-            port,
-            admin_port,
-            &stack.kafka_bootstrap_servers,
-            extra,
-            &routes,
-        ),
-    )
-    .unwrap();
+    std::fs::write(&receiver.config_path, &with_kafka).unwrap();
     receiver.spawn().await;
     let log = bridge_e2e::eventually(
         "the drain to wait for the topic's partitions",

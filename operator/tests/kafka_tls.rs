@@ -25,22 +25,30 @@ async fn ssl_listeners(stack: &Stack) -> Option<KafkaSsl> {
         return None;
     }
     let ssl = stack.kafka_ssl().unwrap_or_else(|error| panic!("{error}"));
-    let client: AdminClient<DefaultClientContext> = ssl.kafka_config().create().unwrap();
-    let brokers = tokio::task::spawn_blocking(move || {
-        client
-            .inner()
-            .fetch_metadata(None, Duration::from_secs(10))
-            .map(|metadata| metadata.brokers().len())
-    })
-    .await
-    .unwrap();
-    match brokers {
-        Ok(3) => Some(ssl),
-        other => panic!(
-            "the SSL listeners at {} do not serve three brokers to a TLS client with the CA {} ({other:?}); `e2e/stack.sh status` says whether the brokers were started before they had one",
-            ssl.bootstrap_servers,
-            ssl.ca_file.display()
-        ),
+    let client: std::sync::Arc<AdminClient<DefaultClientContext>> =
+        std::sync::Arc::new(ssl.kafka_config().create().unwrap());
+    // Brokers restarted by the test before (the outage test stops all three) take a moment
+    // to be back in each other's metadata.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let client = client.clone();
+        let brokers = tokio::task::spawn_blocking(move || {
+            client
+                .inner()
+                .fetch_metadata(None, Duration::from_secs(10))
+                .map(|metadata| metadata.brokers().len())
+        })
+        .await
+        .unwrap();
+        match brokers {
+            Ok(3) => return Some(ssl),
+            other if std::time::Instant::now() > deadline => panic!(
+                "the SSL listeners at {} do not serve three brokers to a TLS client with the CA {} ({other:?}); `e2e/stack.sh status` says whether the brokers were started before they had one",
+                ssl.bootstrap_servers,
+                ssl.ca_file.display()
+            ),
+            _ => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
     }
 }
 

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::metrics::Metrics;
 use crate::topic_descriptions::TopicDescription;
 use crate::topic_plan::{DesiredTopic, ObservedTopic};
+use crate::workload::jittered;
 
 /// How long one admin request may take before Kafka counts as unavailable.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -93,6 +94,43 @@ struct ConfigWrite {
     configs: BTreeMap<String, String>,
 }
 
+/// Kafka's availability as the operator's admin requests find it, for one backoff for the
+/// whole cluster. Passes that find Kafka unavailable all wait [`Availability::retry_delay`],
+/// which grows with each request that fails in a row, instead of each object backing off
+/// on its own: at 10,000 objects, backoff per object sent thousands of passes back to
+/// overloaded brokers every second or two, each one failing again.
+#[derive(Debug, Default)]
+pub struct Availability {
+    failed_in_a_row: AtomicU32,
+}
+
+impl Availability {
+    /// Counts a request that failed for want of Kafka (as a whole, or for any of its
+    /// topics); any other answer, refusals included, means Kafka answered and resets the count.
+    fn record<Resp>(&self, answer: &BatchAnswer<Resp>) {
+        let unavailable = match answer {
+            Err(error) => matches!(error, AdminError::Unavailable(_)),
+            Ok(by_name) => by_name
+                .values()
+                .any(|result| matches!(result, Err(AdminError::Unavailable(_)))),
+        };
+        if unavailable {
+            self.failed_in_a_row.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.failed_in_a_row.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// How long a pass that found Kafka unavailable waits before it tries again: 1 s after
+    /// one failed request, doubling with each further request failed in a row, at most
+    /// 60 s; jittered by up to 10 %, so the waiting passes come back close enough together
+    /// to share their requests again.
+    pub fn retry_delay(&self) -> Duration {
+        let failed = self.failed_in_a_row.load(Ordering::Relaxed).max(1);
+        jittered(Duration::from_secs(1 << (failed - 1).min(6)).min(Duration::from_secs(60)))
+    }
+}
+
 /// A handle on Kafka's admin API, cheap to clone. Every call goes through a [`Batcher`]:
 /// calls of one kind from concurrent reconciles share one admin request.
 #[derive(Clone)]
@@ -104,6 +142,7 @@ pub struct TopicAdmin {
     deletes: Batcher<String, ()>,
     topic_ids: Batcher<String, Option<String>>,
     audit_topic_exists: Arc<AtomicBool>,
+    availability: Arc<Availability>,
 }
 
 impl TopicAdmin {
@@ -111,10 +150,11 @@ impl TopicAdmin {
     pub fn new(config: &ClientConfig, metrics: Arc<Metrics>) -> Result<Self, KafkaError> {
         let admin: Arc<AdminClient<DefaultClientContext>> = Arc::new(config.create()?);
         let audit_topic_exists = Arc::new(AtomicBool::new(false));
+        let availability = Arc::new(Availability::default());
         let describes = {
             let (admin, metrics, audit) =
                 (admin.clone(), metrics.clone(), audit_topic_exists.clone());
-            Batcher::spawn(String::as_str, move |names: Vec<String>| {
+            Batcher::spawn(String::as_str, &availability, move |names: Vec<String>| {
                 let (admin, metrics, audit) = (admin.clone(), metrics.clone(), audit.clone());
                 async move {
                     metrics.observe_batch("describe", names.len());
@@ -133,6 +173,7 @@ impl TopicAdmin {
             let (admin, metrics) = (admin.clone(), metrics.clone());
             Batcher::spawn(
                 |topic: &DesiredTopic| topic.name.as_str(),
+                &availability,
                 move |topics: Vec<DesiredTopic>| {
                     let (admin, metrics) = (admin.clone(), metrics.clone());
                     async move { create_topics(&admin, &metrics, &topics).await }
@@ -143,6 +184,7 @@ impl TopicAdmin {
             let (admin, metrics) = (admin.clone(), metrics.clone());
             Batcher::spawn(
                 |write: &ConfigWrite| write.topic.as_str(),
+                &availability,
                 move |writes: Vec<ConfigWrite>| {
                     let (admin, metrics) = (admin.clone(), metrics.clone());
                     async move { alter_configs(&admin, &metrics, &writes).await }
@@ -153,6 +195,7 @@ impl TopicAdmin {
             let (admin, metrics) = (admin.clone(), metrics.clone());
             Batcher::spawn(
                 |(topic, _): &(String, i32)| topic.as_str(),
+                &availability,
                 move |increases: Vec<(String, i32)>| {
                     let (admin, metrics) = (admin.clone(), metrics.clone());
                     async move { create_partitions(&admin, &metrics, &increases).await }
@@ -161,14 +204,14 @@ impl TopicAdmin {
         };
         let deletes = {
             let (admin, metrics) = (admin.clone(), metrics.clone());
-            Batcher::spawn(String::as_str, move |topics: Vec<String>| {
+            Batcher::spawn(String::as_str, &availability, move |topics: Vec<String>| {
                 let (admin, metrics) = (admin.clone(), metrics.clone());
                 async move { delete_topics(&admin, &metrics, &topics).await }
             })
         };
         let topic_ids = {
             let (admin, metrics) = (admin.clone(), metrics.clone());
-            Batcher::spawn(String::as_str, move |names: Vec<String>| {
+            Batcher::spawn(String::as_str, &availability, move |names: Vec<String>| {
                 let (admin, metrics) = (admin.clone(), metrics.clone());
                 async move {
                     let mut described =
@@ -191,6 +234,7 @@ impl TopicAdmin {
             deletes,
             topic_ids,
             audit_topic_exists,
+            availability,
         })
     }
 
@@ -203,6 +247,11 @@ impl TopicAdmin {
     /// when the broker does not know the topic (yet) or the lookup failed.
     pub async fn topic_id(&self, topic: &str) -> Option<String> {
         self.topic_ids.call(topic.to_owned()).await.ok().flatten()
+    }
+
+    /// How long a pass that found Kafka unavailable waits: one backoff for the cluster.
+    pub fn retry_delay(&self) -> Duration {
+        self.availability.retry_delay()
     }
 
     /// Whether `audit-events` existed at the last description.
@@ -281,21 +330,29 @@ impl<Req, Resp> Clone for Batcher<Req, Resp> {
 }
 
 impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
-    /// Starts the task that serves the batches; it ends when every handle is gone.
-    fn spawn<F, Fut>(key: fn(&Req) -> &str, run: F) -> Self
+    /// Starts the task that serves the batches; it ends when every handle is gone. Every
+    /// request's answer is recorded in `availability`.
+    fn spawn<F, Fut>(key: fn(&Req) -> &str, availability: &Arc<Availability>, run: F) -> Self
     where
         F: FnMut(Vec<Req>) -> Fut + Send + 'static,
         Fut: Future<Output = BatchAnswer<Resp>> + Send,
     {
-        Self::spawn_with(key, BATCH_WINDOW, BATCH_MAX, run)
+        Self::spawn_with(key, availability, BATCH_WINDOW, BATCH_MAX, run)
     }
 
-    fn spawn_with<F, Fut>(key: fn(&Req) -> &str, window: Duration, max: usize, mut run: F) -> Self
+    fn spawn_with<F, Fut>(
+        key: fn(&Req) -> &str,
+        availability: &Arc<Availability>,
+        window: Duration,
+        max: usize,
+        mut run: F,
+    ) -> Self
     where
         F: FnMut(Vec<Req>) -> Fut + Send + 'static,
         Fut: Future<Output = BatchAnswer<Resp>> + Send,
     {
         let (requests, mut receiver) = mpsc::channel::<(Req, Reply<Resp>)>(max);
+        let availability = availability.clone();
         tokio::spawn(async move {
             while let Some(first) = receiver.recv().await {
                 let batch = gather(first, &mut receiver, window, max).await;
@@ -303,6 +360,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
                     let (batch, replies): (Vec<Req>, Vec<Reply<Resp>>) = round.into_iter().unzip();
                     let names: Vec<String> = batch.iter().map(|r| key(r).to_owned()).collect();
                     let answer = run(batch).await;
+                    availability.record(&answer);
                     route(answer, names.into_iter().zip(replies));
                 }
             }
@@ -587,8 +645,12 @@ mod tests {
     fn recording_batcher(window: Duration, max: usize) -> (Batcher<String, String>, Requests) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
-        let batcher =
-            Batcher::spawn_with(String::as_str, window, max, move |names: Vec<String>| {
+        let batcher = Batcher::spawn_with(
+            String::as_str,
+            &Arc::default(),
+            window,
+            max,
+            move |names: Vec<String>| {
                 log.lock().unwrap().push(names.clone());
                 async move {
                     Ok(names
@@ -606,7 +668,8 @@ mod tests {
                         })
                         .collect())
                 }
-            });
+            },
+        );
         (batcher, seen)
     }
 
@@ -678,10 +741,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_request_fails_every_call_in_it_and_a_missing_answer_is_an_error() {
-        let failing: Batcher<String, ()> =
-            Batcher::spawn(String::as_str, |_names: Vec<String>| async {
-                Err(AdminError::Unavailable("all brokers down".into()))
-            });
+        let failing: Batcher<String, ()> = Batcher::spawn(
+            String::as_str,
+            &Arc::default(),
+            |_names: Vec<String>| async { Err(AdminError::Unavailable("all brokers down".into())) },
+        );
         let (one, two) = tokio::join!(failing.call("x".into()), failing.call("y".into()));
         for answer in [one, two] {
             assert!(
@@ -690,15 +754,58 @@ mod tests {
             );
         }
 
-        let forgetful: Batcher<String, ()> =
-            Batcher::spawn(String::as_str, |_names: Vec<String>| async {
-                Ok(HashMap::new())
-            });
+        let forgetful: Batcher<String, ()> = Batcher::spawn(
+            String::as_str,
+            &Arc::default(),
+            |_names: Vec<String>| async { Ok(HashMap::new()) },
+        );
         let answer = forgetful.call("x".into()).await;
         assert!(
             matches!(&answer, Err(AdminError::Unavailable(m)) if m.contains("topic x")),
             "{answer:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn kafka_unavailable_is_one_backoff_for_every_caller_and_an_answer_resets_it() {
+        let availability = Arc::new(Availability::default());
+        let kafka_down = Arc::new(AtomicBool::new(true));
+        let down = kafka_down.clone();
+        let batcher: Batcher<String, ()> =
+            Batcher::spawn(String::as_str, &availability, move |names: Vec<String>| {
+                let down = down.load(Ordering::Relaxed);
+                async move {
+                    if down {
+                        return Err(AdminError::Unavailable("Local: Timed out".into()));
+                    }
+                    Ok(names.into_iter().map(|name| (name, Ok(()))).collect())
+                }
+            });
+        let within = |delay: Duration, secs: f64| {
+            let secs = Duration::from_secs_f64(secs);
+            delay >= secs.mul_f64(0.9) && delay <= secs.mul_f64(1.1)
+        };
+
+        // A hundred passes failing in one request are one failure of Kafka, not a hundred.
+        let answers =
+            futures::future::join_all((0..100).map(|i| batcher.call(format!("t{i}")))).await;
+        assert!(answers.iter().all(Result::is_err));
+        let delay = availability.retry_delay();
+        assert!(within(delay, 1.0), "{delay:?}");
+
+        for _ in 0..3 {
+            batcher.call("t".into()).await.unwrap_err();
+        }
+        let delay = availability.retry_delay();
+        assert!(
+            within(delay, 8.0),
+            "four requests failed in a row: {delay:?}"
+        );
+
+        kafka_down.store(false, Ordering::Relaxed);
+        batcher.call("t".into()).await.unwrap();
+        let delay = availability.retry_delay();
+        assert!(within(delay, 1.0), "after an answer: {delay:?}");
     }
 
     #[test]

@@ -262,6 +262,7 @@ async fn run(args: Args) -> Result<(), StartupError> {
         stores,
         args.resync_interval,
     ));
+    tokio::spawn(topic_controller::count_managed_topics(context.clone()));
     let runs = controllers.into_iter().map(|controller| {
         controller
             .run(

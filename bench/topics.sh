@@ -26,10 +26,23 @@ eval "$(e2e/stack.sh env)"
 cargo build -q --release -p bridge-operator --bin bridge-operator --example create_topics
 kubectl apply --server-side -f crds/ >/dev/null
 
+# Deletes every topic matching the regex. One `kafka-topics --delete` of 10,000 topics
+# was seen to remove 2,000 and give up (its request timed out), so it is repeated until
+# the list is empty.
+delete_topics() {
+  local _
+  for _ in $(seq 1 10); do
+    kafka-topics --bootstrap-server "$KAFKA_BOOTSTRAP_SERVERS" --delete --topic "$1" >/dev/null 2>&1 || true
+    [ -z "$(kafka-topics --bootstrap-server "$KAFKA_BOOTSTRAP_SERVERS" --list --topic "$1" 2>/dev/null)" ] && return 0
+    sleep 5
+  done
+  echo "bench: topics matching $1 remain after 10 deletions" >&2
+}
+
 cleanup() {
   if [ -n "${OPERATOR_PID:-}" ]; then kill "$OPERATOR_PID" 2>/dev/null || true; fi
   kubectl delete namespace "$NS_PREFIX" "$NS_PREFIX-before" --wait=false >/dev/null 2>&1 || true
-  kafka-topics --bootstrap-server "$KAFKA_BOOTSTRAP_SERVERS" --delete --topic "(floor-$RUN_ID|op-$NS_PREFIX)-.*" >/dev/null 2>&1 || true
+  delete_topics "(floor-$RUN_ID|op-$NS_PREFIX)-.*"
 }
 trap cleanup EXIT
 
@@ -49,7 +62,7 @@ floor_seconds=$("${CARGO_TARGET_DIR:-target}/release/examples/create_topics" "$K
 # Its topics are not needed any more. Each replica keeps a file open on its broker, and the
 # open-file limit may be as low as 20,000: wait (up to 3 minutes) until the brokers have
 # closed the floor's files before the operator's topics open as many again.
-kafka-topics --bootstrap-server "$KAFKA_BOOTSTRAP_SERVERS" --delete --topic "floor-$RUN_ID-.*" >/dev/null 2>&1 || true
+delete_topics "floor-$RUN_ID-.*"
 for _ in $(seq 1 180); do
   [ "$(kafka_files)" -le $((files_before_floor + N / 10)) ] && break
   sleep 1

@@ -9,12 +9,14 @@ use std::time::Duration;
 use bridge_api::EventTopic;
 use bridge_events::CloudEvent;
 use k8s_openapi::jiff::Timestamp;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
+
+use crate::events::EventPublisher;
 
 pub use bridge_events::topics::AUDIT as AUDIT_TOPIC;
 
@@ -118,12 +120,12 @@ pub fn describe_change(action: TopicAction, topic: &str, changes: &[FieldChange]
 #[derive(Clone)]
 pub struct AuditLog {
     producer: FutureProducer,
-    recorder: Recorder,
+    events: EventPublisher,
     sequence: Arc<AtomicU64>,
 }
 
 impl AuditLog {
-    pub fn new(kafka: &ClientConfig, recorder: Recorder) -> Result<Self, KafkaError> {
+    pub fn new(kafka: &ClientConfig, events: EventPublisher) -> Result<Self, KafkaError> {
         let producer = kafka
             .clone()
             .set("acks", "all")
@@ -133,7 +135,7 @@ impl AuditLog {
             .create()?;
         Ok(Self {
             producer,
-            recorder,
+            events,
             sequence: Arc::new(AtomicU64::new(0)),
         })
     }
@@ -157,7 +159,7 @@ impl AuditLog {
             action: "Reconcile".into(),
             secondary: None,
         };
-        if let Err(error) = self.recorder.publish(&event, &object.object_ref(&())).await {
+        if let Err(error) = self.events.publish(&event, &object.object_ref(&())).await {
             tracing::warn!(%error, "publishing a Kubernetes Event failed");
         }
         if publish_to_kafka {

@@ -130,9 +130,8 @@ impl Context {
             .await;
     }
 
-    /// An Event with its own `action`. The recorder folds Events of the same reason and
-    /// action into one series that keeps the first note, so an action that names the
-    /// outcome (`ScaleTo4`) keeps each outcome's note readable.
+    /// An Event with its own `action`, one that names the outcome (`ScaleTo4`), so that
+    /// Events of one reason tell their outcomes apart in `kubectl get events`.
     async fn event_of(
         &self,
         consumer: &EventConsumer,
@@ -151,7 +150,7 @@ impl Context {
         };
         if let Err(error) = self
             .workload
-            .recorder
+            .events
             .publish(&event, &consumer.object_ref(&()))
             .await
         {

@@ -535,7 +535,7 @@ async fn event(ctx: &Context, wi: &WebhookIngress, type_: EventType, reason: &st
     };
     if let Err(error) = ctx
         .workload
-        .recorder
+        .events
         .publish(&event, &wi.object_ref(&()))
         .await
     {

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod conditions;
 pub mod consumer_controller;
 pub mod consumer_plan;
+pub mod events;
 pub mod ingress_controller;
 pub mod ingress_plan;
 pub mod kafka_admin;

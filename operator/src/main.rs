@@ -10,6 +10,7 @@ use std::time::Duration;
 use bridge_api::EventTopic;
 use bridge_events::KafkaSettings;
 use bridge_operator::audit::AuditLog;
+use bridge_operator::events::EventPublisher;
 use bridge_operator::kafka_admin::TopicAdmin;
 use bridge_operator::metrics::Metrics;
 use bridge_operator::topic_controller::{self, Context};
@@ -21,7 +22,7 @@ use futures::StreamExt;
 use futures::stream::select_all;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::runtime::Controller;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::{Api, Client};
 use kube_lease_manager::LeaseManagerBuilder;
 use prometheus_client::registry::Registry;
@@ -209,9 +210,9 @@ async fn run(args: Args) -> Result<(), StartupError> {
         controller: "bridge-operator".into(),
         instance: Some(identity.clone()),
     };
-    let recorder = Recorder::new(client.clone(), reporter);
+    let events = EventPublisher::new(client.clone(), reporter);
     let admin = TopicAdmin::new(&kafka, metrics.clone())?;
-    let audit = AuditLog::new(&kafka, recorder.clone())?;
+    let audit = AuditLog::new(&kafka, events.clone())?;
 
     let workloads = Arc::new(WorkloadContext {
         client: client.clone(),
@@ -222,7 +223,7 @@ async fn run(args: Args) -> Result<(), StartupError> {
             kafka_secret: args.workload_kafka_secret.clone(),
         },
         kafka: kafka.clone(),
-        recorder,
+        events,
         metrics: metrics.clone(),
         resync: args.resync_interval,
     });

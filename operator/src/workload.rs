@@ -22,7 +22,6 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
-use kube::runtime::events::Recorder;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -111,7 +110,7 @@ pub struct WorkloadContext {
     /// The operator's own Kafka client configuration (lag, replays), with its
     /// `--kafka-properties`: never written into a workload.
     pub kafka: rdkafka::ClientConfig,
-    pub recorder: Recorder,
+    pub events: crate::events::EventPublisher,
     pub metrics: Arc<Metrics>,
     /// How often each object is looked at again with nothing changed: lag, Secrets (which
     /// the operator may `get` but not watch) and owned objects edited by hand.

@@ -41,19 +41,19 @@ impl EventPublisher {
     }
 
     fn event(&self, event: &Event, regarding: &ObjectReference) -> KubeEvent {
-        let name = regarding
+        let now = Timestamp::now();
+        let object = regarding
             .name
             .as_deref()
             .unwrap_or(&self.reporter.controller);
         KubeEvent {
             metadata: ObjectMeta {
-                // The API server makes the name unique; the object's name keeps
-                // `kubectl get events` readable.
-                generate_name: Some(format!("{name}.")),
+                // The object's name and the time, as kubectl and kube name Events.
+                name: Some(format!("{object}.{:x}", now.as_nanosecond())),
                 namespace: regarding.namespace.clone(),
                 ..ObjectMeta::default()
             },
-            event_time: Some(MicroTime(Timestamp::now())),
+            event_time: Some(MicroTime(now)),
             type_: Some(
                 match event.type_ {
                     EventType::Normal => "Normal",

@@ -92,7 +92,8 @@ fn main() {
         .set("enable.idempotence", "true")
         .set("partitioner", "murmur2_random")
         .set("message.timeout.ms", "30000")
-        .set("max.in.flight.requests.per.connection", "1");
+        .set("max.in.flight.requests.per.connection", "1")
+        .set("linger.ms", "0");
     for property in extra {
         let (name, value) = property
             .split_once('=')

@@ -114,6 +114,14 @@ pub fn producer_config(settings: &bridge_events::KafkaSettings) -> rdkafka::Clie
         // records sent meanwhile go out together in the next request.
         config.set("max.in.flight.requests.per.connection", "1");
     }
+    if config.get("linger.ms").is_none() && config.get("queue.buffering.max.ms").is_none() {
+        // librdkafka's default is 5 ms, added to every answer while the receiver is not
+        // busy: each request waits for its own acknowledgement. Under load records gather
+        // anyway while the one request per broker is out. On the benchmark, 0 took the
+        // median answer from about 10 to 3 ms and the rate sustained under a 50 ms p99 from
+        // 93 to 187 and 375 req/s (BENCHMARKS.md).
+        config.set("linger.ms", "0");
+    }
     config
         .set("acks", "all")
         .set("enable.idempotence", "true")
@@ -775,6 +783,16 @@ mod tests {
         let config = producer_config(&settings(&[("max.in.flight", "3")]));
         assert_eq!(config.get("max.in.flight"), Some("3"));
         assert_eq!(config.get("max.in.flight.requests.per.connection"), None);
+    }
+
+    #[test]
+    fn records_do_not_linger_unless_the_user_sets_it() {
+        assert_eq!(producer_config(&settings(&[])).get("linger.ms"), Some("0"));
+        let config = producer_config(&settings(&[("linger.ms", "5")]));
+        assert_eq!(config.get("linger.ms"), Some("5"));
+        let config = producer_config(&settings(&[("queue.buffering.max.ms", "20")]));
+        assert_eq!(config.get("queue.buffering.max.ms"), Some("20"));
+        assert_eq!(config.get("linger.ms"), None);
     }
 
     #[test]

@@ -39,9 +39,9 @@ const SETTLE: Duration = Duration::from_secs(10);
 const CONFIGS_PROPAGATION: Duration = Duration::from_secs(300);
 /// The most passes in flight at once. Passes share admin requests (see
 /// [`crate::kafka_admin`]), so this also bounds a request's topics. A thousand keep a bulk
-/// apply of a thousand objects in one wave; unbounded, 10,000 new objects put 10,000
-/// passes, their status patches and Events in flight together and sent CreateTopics of
-/// 2,000 topics to brokers that then timed out.
+/// apply of a thousand objects in one wave. Unbounded, the 10,000-topic bench had passes
+/// for every object in flight at once, each with its status patch and Event, and admin
+/// requests of up to 2,000 topics, while the brokers fell minutes behind.
 const MAX_PASSES_IN_FLIGHT: u16 = 1_000;
 
 #[derive(Debug, thiserror::Error)]

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::metrics::Metrics;
 use crate::topic_descriptions::TopicDescription;
 use crate::topic_plan::{DesiredTopic, ObservedTopic};
-use crate::workload::jittered;
+use crate::workload::backoff_after;
 
 /// How long one admin request may take before Kafka counts as unavailable.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -126,8 +126,7 @@ impl Availability {
     /// 60 s; jittered by up to 10 %, so the waiting passes come back close enough together
     /// to share their requests again.
     pub fn retry_delay(&self) -> Duration {
-        let failed = self.failed_in_a_row.load(Ordering::Relaxed).max(1);
-        jittered(Duration::from_secs(1 << (failed - 1).min(6)).min(Duration::from_secs(60)))
+        backoff_after(self.failed_in_a_row.load(Ordering::Relaxed))
     }
 }
 

@@ -577,6 +577,12 @@ pub fn jittered(base: Duration) -> Duration {
 }
 
 /// Consecutive failures per object and the wait they earn: 1 s doubling to 60 s, jittered.
+/// The wait after `failures` failures in a row (at least one): 1 s doubling to 60 s, jittered.
+pub fn backoff_after(failures: u32) -> Duration {
+    let delay = Duration::from_secs(1 << (failures.max(1) - 1).min(6)).min(Duration::from_secs(60));
+    jittered(delay)
+}
+
 /// What every controller retries with, from `error_policy` and while Kafka fails.
 #[derive(Debug, Default)]
 pub struct Backoff {
@@ -589,8 +595,7 @@ impl Backoff {
         let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         let attempt = failures.entry(key.to_owned()).or_default();
         *attempt = attempt.saturating_add(1);
-        let delay = Duration::from_secs(1 << (*attempt - 1).min(6)).min(Duration::from_secs(60));
-        jittered(delay)
+        backoff_after(*attempt)
     }
 
     /// Forgets the failures of `key`: its next failure waits 1 s again.

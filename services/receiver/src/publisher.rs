@@ -96,38 +96,40 @@ pub fn create_producer(
 /// where they set nothing, and the guarantees' settings over everything.
 pub fn producer_config(settings: &bridge_events::KafkaSettings) -> rdkafka::ClientConfig {
     let mut config = settings.client_config();
-    if config.get("message.timeout.ms").is_none() {
-        // Only the drain and audit/lifecycle events wait this long; requests are bounded by
-        // publishTimeout. Five minutes (librdkafka's default) would stall a drain probe.
-        config.set("message.timeout.ms", "30000");
-    }
-    if config
-        .get("max.in.flight.requests.per.connection")
-        .is_none()
-        && config.get("max.in.flight").is_none()
-    {
-        // librdkafka's default with idempotence is 5. With several produce requests
-        // outstanding its broker threads poll with near-zero timeouts until the acks come
-        // back: on two cores that spin took 0.6 to 0.9 of a core at 500 req/s and slowed
-        // the brokers' own acknowledgements (BENCHMARKS.md). One request in flight per
-        // broker keeps idempotence (librdkafka requires at most 5) and per-key order;
-        // records sent meanwhile go out together in the next request.
-        config.set("max.in.flight.requests.per.connection", "1");
-    }
-    if config.get("linger.ms").is_none() && config.get("queue.buffering.max.ms").is_none() {
-        // librdkafka's default is 5 ms, added to every answer while the receiver is not
-        // busy: each request waits for its own acknowledgement. Under load records gather
-        // anyway while the one request per broker is out. On the benchmark, 0 took the
-        // median answer from about 10 to 3 ms and the rate sustained under a 50 ms p99 from
-        // 93 to 187 and 375 req/s (BENCHMARKS.md).
-        config.set("linger.ms", "0");
-    }
+    // Only the drain and audit/lifecycle events wait this long; requests are bounded by
+    // publishTimeout. Five minutes (librdkafka's default) would stall a drain probe.
+    default_unless_set(&mut config, &["message.timeout.ms"], "30000");
+    // librdkafka's default with idempotence is 5. With several produce requests
+    // outstanding its broker threads poll with near-zero timeouts until the acks come
+    // back: on two cores that spin took 0.6 to 0.9 of a core at 500 req/s and slowed
+    // the brokers' own acknowledgements (BENCHMARKS.md). One request in flight per
+    // broker keeps idempotence (librdkafka requires at most 5) and per-key order;
+    // records sent meanwhile go out together in the next request.
+    default_unless_set(
+        &mut config,
+        &["max.in.flight.requests.per.connection", "max.in.flight"],
+        "1",
+    );
+    // librdkafka's default is 5 ms, added to every answer while the receiver is not
+    // busy: each request waits for its own acknowledgement. Under load records gather
+    // anyway while the one request per broker is out. On the benchmark, 0 took the
+    // median answer from about 10 to 3 ms and the rate sustained under a 50 ms p99 from
+    // 93 to 187 and 375 req/s (BENCHMARKS.md).
+    default_unless_set(&mut config, &["linger.ms", "queue.buffering.max.ms"], "0");
     config
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("partitioner", "murmur2_random")
         .set("statistics.interval.ms", "500");
     config
+}
+
+/// Sets the property `names[0]` to `value` unless the user set it under any of `names`
+/// (librdkafka's aliases of one property).
+fn default_unless_set(config: &mut rdkafka::ClientConfig, names: &[&str], value: &str) {
+    if names.iter().all(|name| config.get(name).is_none()) {
+        config.set(names[0], value);
+    }
 }
 
 /// How long the drain waits for Kafka to have a leader for every partition of a batch's

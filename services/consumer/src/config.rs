@@ -283,8 +283,9 @@ impl ConsumerConfig {
         owned_properties_unset(&self.kafka, "kafka.properties")
     }
 
-    pub fn sink_url(&self) -> Result<reqwest::Url, ConfigError> {
-        let url = reqwest::Url::parse(&self.sink.url)
+    /// The sink's URL, normalised the way browsers do (WHATWG), as the request URI.
+    pub fn sink_url(&self) -> Result<http::Uri, ConfigError> {
+        let url = url::Url::parse(&self.sink.url)
             .map_err(|e| invalid("sink.url", format!("`{}` is not a URL: {e}", self.sink.url)))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(invalid(
@@ -292,7 +293,12 @@ impl ConsumerConfig {
                 format!("`{}` must start with http:// or https://", self.sink.url),
             ));
         }
-        Ok(url)
+        http::Uri::try_from(url.as_str()).map_err(|e| {
+            invalid(
+                "sink.url",
+                format!("`{}` cannot be a request URI: {e}", self.sink.url),
+            )
+        })
     }
 
     pub fn retry_policy(&self) -> Result<RetryPolicy, ConfigError> {

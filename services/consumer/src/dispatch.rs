@@ -298,8 +298,6 @@ pub enum RunError {
         #[source]
         source: KafkaError,
     },
-    #[error("could not build the HTTP client for the sink: {0}")]
-    Sink(#[source] reqwest::Error),
     #[error("the admin server could not listen: {0}")]
     Admin(#[source] std::io::Error),
 }
@@ -316,7 +314,7 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let policy = config.retry_policy()?;
     let timeout = config.request_timeout()?;
-    let sink = SinkClient::new(config.sink_url()?, timeout).map_err(RunError::Sink)?;
+    let sink = SinkClient::new(config.sink_url()?, timeout);
 
     let mut registry = prometheus_client::registry::Registry::with_prefix("event_consumer");
     let metrics = ConsumerMetrics::register(&mut registry);

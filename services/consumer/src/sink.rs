@@ -5,7 +5,14 @@ use std::time::{Duration, SystemTime};
 
 use bridge_events::CloudEvent;
 use bytes::Bytes;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use http::{Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::retry::parse_retry_after;
 
@@ -79,52 +86,81 @@ impl SinkRequest {
     }
 }
 
+/// hyper's pooled client, without reqwest's layers on top: those showed in the profile (the
+/// URL parsed again from every response, the headers copied twice per request), and the
+/// sink needs none of them (no redirects, no cookies, no decompression).
 #[derive(Debug, Clone)]
 pub struct SinkClient {
-    http: reqwest::Client,
-    url: reqwest::Url,
+    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    uri: Uri,
     timeout: Duration,
 }
 
 impl SinkClient {
-    pub fn new(url: reqwest::Url, timeout: Duration) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
-        Ok(Self { http, url, timeout })
+    /// `uri` is http:// or https:// (the config checked it); HTTPS trusts the Mozilla roots.
+    pub fn new(uri: Uri, timeout: Duration) -> Self {
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        // A request is one write; nothing is gained by holding it back.
+        tcp.set_nodelay(true);
+        let connector = HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(tcp);
+        let http = Client::builder(TokioExecutor::new())
+            // Idle connections are closed after the pool's idle timeout (90 s).
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        Self { http, uri, timeout }
     }
 
-    pub fn url(&self) -> &reqwest::Url {
-        &self.url
+    pub fn url(&self) -> &Uri {
+        &self.uri
     }
 
-    /// One attempt: POST the event and sort the answer.
+    /// One attempt: POST the event and sort the answer, all within the request timeout.
     pub async fn send(&self, request: &SinkRequest) -> SinkAnswer {
-        // The request is put together directly: the builder would insert the headers one by
-        // one into a map of its own, growing it several times for every request.
-        let mut post = reqwest::Request::new(reqwest::Method::POST, self.url.clone());
+        let mut post = Request::new(Full::new(request.body.clone()));
+        *post.method_mut() = Method::POST;
+        *post.uri_mut() = self.uri.clone();
         *post.headers_mut() = request.headers.clone();
-        *post.body_mut() = Some(request.body.clone().into());
-        let sent = self.http.execute(post).await;
-        let response = match sent {
+        match tokio::time::timeout(self.timeout, self.exchange(post)).await {
+            Ok(answer) => answer,
+            Err(_) => SinkAnswer::Retryable {
+                status: None,
+                retry_after: None,
+                error: format!("the sink did not answer within {:?}", self.timeout),
+            },
+        }
+    }
+
+    async fn exchange(&self, post: Request<Full<Bytes>>) -> SinkAnswer {
+        let response = match self.http.request(post).await {
             Ok(response) => response,
-            Err(error) => return self.transport_failure(&error),
+            Err(error) => {
+                return SinkAnswer::Retryable {
+                    status: None,
+                    retry_after: None,
+                    error: format!("could not reach the sink: {}", error_chain(&error)),
+                };
+            }
         };
-        let status = response.status();
+        let (answer, mut body) = response.into_parts();
+        let status = answer.status;
         if status.is_success() {
             // Read the answer to the end so the connection goes back to the pool.
-            let _ = response.bytes().await;
+            while let Some(Ok(_)) = body.frame().await {}
             return SinkAnswer::Accepted {
                 status: status.as_u16(),
             };
         }
-        let retry_after = response
-            .headers()
+        let retry_after = answer
+            .headers
             .get(RETRY_AFTER)
             .and_then(|value| value.to_str().ok())
             .and_then(|value| parse_retry_after(value, SystemTime::now()));
-        let error = describe_refusal(status, response).await;
+        let error = describe_refusal(status, body).await;
         let code = status.as_u16();
         if code == 408 || code == 429 || status.is_server_error() {
             SinkAnswer::Retryable {
@@ -139,26 +175,17 @@ impl SinkClient {
             }
         }
     }
-
-    fn transport_failure(&self, error: &reqwest::Error) -> SinkAnswer {
-        let error = if error.is_timeout() {
-            format!("the sink did not answer within {:?}", self.timeout)
-        } else {
-            format!("could not reach the sink: {}", error_chain(error))
-        };
-        SinkAnswer::Retryable {
-            status: None,
-            retry_after: None,
-            error,
-        }
-    }
 }
 
-async fn describe_refusal(status: reqwest::StatusCode, mut response: reqwest::Response) -> String {
+async fn describe_refusal(status: StatusCode, mut response: Incoming) -> String {
     let mut body = Vec::new();
     while body.len() < ERROR_BODY_LIMIT {
-        match response.chunk().await {
-            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+        match response.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(chunk) = frame.into_data() {
+                    body.extend_from_slice(&chunk);
+                }
+            }
             _ => break,
         }
     }
@@ -172,7 +199,7 @@ async fn describe_refusal(status: reqwest::StatusCode, mut response: reqwest::Re
     }
 }
 
-/// The error and its causes on one line: reqwest's own message names only the URL.
+/// The error and its causes on one line: hyper's own message names only the kind of failure.
 fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
@@ -216,6 +243,62 @@ mod tests {
         let request = SinkRequest::new(event).unwrap();
         assert_eq!(text_headers(&request.headers), expected);
         assert_eq!(request.body(), &b"{}"[..]);
+    }
+
+    fn sink_at(address: std::net::SocketAddr) -> SinkClient {
+        let uri = format!("http://{address}/events").parse().unwrap();
+        SinkClient::new(uri, Duration::from_millis(200))
+    }
+
+    fn request() -> SinkRequest {
+        SinkRequest::new(CloudEvent::new(
+            "e-1",
+            "/tests/sink",
+            "t",
+            "c",
+            b"{}".into(),
+        ))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_sink_that_does_not_answer_in_time_is_a_retryable_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sink = sink_at(listener.local_addr().unwrap());
+        // Accepts the connection and never answers.
+        let _held = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            drop(socket);
+        });
+        let answer = sink.send(&request()).await;
+        let SinkAnswer::Retryable {
+            status: None,
+            error,
+            ..
+        } = answer
+        else {
+            panic!("{answer:?}");
+        };
+        assert_eq!(error, "the sink did not answer within 200ms");
+    }
+
+    #[tokio::test]
+    async fn a_sink_that_cannot_be_reached_is_retryable_and_the_error_names_the_cause() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let sink = sink_at(listener.local_addr().unwrap());
+        drop(listener);
+        let answer = sink.send(&request()).await;
+        let SinkAnswer::Retryable {
+            status: None,
+            error,
+            ..
+        } = answer
+        else {
+            panic!("{answer:?}");
+        };
+        assert!(error.starts_with("could not reach the sink: "), "{error}");
+        assert!(error.contains("Connection refused"), "{error}");
     }
 
     #[test]

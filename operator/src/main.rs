@@ -21,12 +21,21 @@ use clap::Parser;
 use futures::StreamExt;
 use futures::stream::select_all;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::client::ClientBuilder;
 use kube::runtime::Controller;
 use kube::runtime::events::Reporter;
-use kube::{Api, Client};
+use kube::{Api, Client, Config};
 use kube_lease_manager::LeaseManagerBuilder;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
+use tower::limit::ConcurrencyLimitLayer;
+
+/// The most requests the operator has waiting for the API server's answer at once. The
+/// client opens a connection for every request that finds none idle, so without a bound a
+/// burst of passes opened one each: the 10,000-EventTopic bench saw 1,280 TLS connections,
+/// about 20 MiB of the operator's 69 MiB peak heap in their buffers (heaptrack). A watch
+/// holds its slot only until its response starts, so watches never starve the rest.
+const MAX_API_REQUESTS_IN_FLIGHT: usize = 32;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -116,6 +125,15 @@ enum StartupError {
     AdminServer(#[from] std::io::Error),
 }
 
+/// A client as `kubectl` would connect (kubeconfig or in-cluster), with at most
+/// [`MAX_API_REQUESTS_IN_FLIGHT`] requests in flight.
+async fn api_client() -> Result<Client, kube::Error> {
+    let config = Config::infer().await.map_err(kube::Error::InferConfig)?;
+    Ok(ClientBuilder::try_from(config)?
+        .with_layer(&ConcurrencyLimitLayer::new(MAX_API_REQUESTS_IN_FLIGHT))
+        .build())
+}
+
 #[tokio::main]
 async fn main() {
     init_tracing();
@@ -127,7 +145,7 @@ async fn main() {
 }
 
 async fn run(args: Args) -> Result<(), StartupError> {
-    let client = Client::try_default().await.map_err(StartupError::Client)?;
+    let client = api_client().await.map_err(StartupError::Client)?;
     check_crds(&client).await?;
 
     // The operator's own Kafka clients; the workloads get the bootstrap servers and, when

@@ -524,7 +524,7 @@ impl PollLoop {
                 self.shared.metrics.filtered.inc();
                 None
             }
-            Ok(event) => match SinkRequest::new(event) {
+            Ok(event) => match self.delivery.sink.request(event) {
                 Ok(request) => Some(Work::Deliver(request)),
                 Err(error) => self.invalid(&origin, error),
             },

@@ -4,8 +4,8 @@
 use std::time::{Duration, SystemTime};
 
 use bridge_events::CloudEvent;
-use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use bytes::{Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, HOST, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -61,28 +61,33 @@ pub struct SinkRequest {
 }
 
 impl SinkRequest {
-    /// Fails when an attribute cannot be an HTTP header (the binding percent-encodes values,
-    /// so only a malformed extension name can).
-    pub fn new(event: CloudEvent) -> Result<Self, String> {
-        let attributes = event.http_binary_headers();
-        let mut headers = HeaderMap::with_capacity(attributes.len());
-        for (name, value) in attributes {
-            let header = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| format!("the attribute `{name}` cannot be an HTTP header name"))?;
-            // Takes the text as it is, without copying it.
-            let value = HeaderValue::try_from(value)
-                .map_err(|_| format!("the value of `{name}` cannot be an HTTP header value"))?;
-            headers.append(header, value);
-        }
-        Ok(Self {
-            headers,
-            body: Bytes::from(event.data),
-        })
-    }
-
     /// The event's data.
     pub fn body(&self) -> &Bytes {
         &self.body
+    }
+}
+
+/// The header names of the attributes the binding writes for most events: taken as they
+/// are rather than checked and copied for every event.
+const KNOWN_HEADERS: [&str; 12] = [
+    "ce-specversion",
+    "ce-id",
+    "ce-source",
+    "ce-type",
+    "ce-time",
+    "ce-subject",
+    "ce-correlationid",
+    "ce-causationid",
+    "ce-schemaversion",
+    "traceparent",
+    "tracestate",
+    "content-type",
+];
+
+fn header_name(name: &str) -> Option<HeaderName> {
+    match KNOWN_HEADERS.iter().find(|known| **known == name) {
+        Some(known) => Some(HeaderName::from_static(known)),
+        None => HeaderName::from_bytes(name.as_bytes()).ok(),
     }
 }
 
@@ -93,6 +98,8 @@ impl SinkRequest {
 pub struct SinkClient {
     http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     uri: Uri,
+    /// The `host` header of every request, which hyper would otherwise build each time.
+    host: HeaderValue,
     timeout: Duration,
 }
 
@@ -112,11 +119,50 @@ impl SinkClient {
             // Idle connections are closed after the pool's idle timeout (90 s).
             .pool_timer(TokioTimer::new())
             .build(connector);
-        Self { http, uri, timeout }
+        // As hyper would write it: the host and a port that is not the scheme's default
+        // (the URL's parser already dropped a default one), never the credentials.
+        let host = uri.host().expect("an http(s) URI has a host");
+        let host = match uri.port_u16() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_owned(),
+        };
+        let host = HeaderValue::try_from(host).expect("a URI's host is a valid header value");
+        Self {
+            http,
+            uri,
+            host,
+            timeout,
+        }
     }
 
     pub fn url(&self) -> &Uri {
         &self.uri
+    }
+
+    /// The request for `event`, complete: what hyper would add to each attempt (`host`,
+    /// `content-length`) is in it, so an attempt copies it and nothing more. Fails when an
+    /// attribute cannot be an HTTP header (the binding percent-encodes values, so only a
+    /// malformed extension name can).
+    pub fn request(&self, event: CloudEvent) -> Result<SinkRequest, String> {
+        let attributes = event.http_binary_headers();
+        let mut headers = HeaderMap::with_capacity(attributes.len() + 2);
+        headers.insert(HOST, self.host.clone());
+        // The values in one buffer, so each attempt's copy of the headers shares it.
+        let mut values = BytesMut::with_capacity(attributes.iter().map(|(_, v)| v.len()).sum());
+        for (_, value) in &attributes {
+            values.extend_from_slice(value.as_bytes());
+        }
+        let mut values = values.freeze();
+        for (name, value) in &attributes {
+            let header = header_name(name)
+                .ok_or_else(|| format!("the attribute `{name}` cannot be an HTTP header name"))?;
+            let value = HeaderValue::from_maybe_shared(values.split_to(value.len()))
+                .map_err(|_| format!("the value of `{name}` cannot be an HTTP header value"))?;
+            headers.append(header, value);
+        }
+        let body = Bytes::from(event.data);
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        Ok(SinkRequest { headers, body })
     }
 
     /// One attempt: POST the event and sort the answer, all within the request timeout.
@@ -238,9 +284,13 @@ mod tests {
         event
             .extensions
             .insert("dataschema".into(), "urn:step:2".into());
-        let expected = event.http_binary_headers();
+        let mut expected = vec![("host".to_owned(), "127.0.0.1:8088".to_owned())];
+        expected.extend(event.http_binary_headers());
+        expected.push(("content-length".into(), "2".into()));
 
-        let request = SinkRequest::new(event).unwrap();
+        let request = sink_at("127.0.0.1:8088".parse().unwrap())
+            .request(event)
+            .unwrap();
         assert_eq!(text_headers(&request.headers), expected);
         assert_eq!(request.body(), &b"{}"[..]);
     }
@@ -250,15 +300,8 @@ mod tests {
         SinkClient::new(uri, Duration::from_millis(200))
     }
 
-    fn request() -> SinkRequest {
-        SinkRequest::new(CloudEvent::new(
-            "e-1",
-            "/tests/sink",
-            "t",
-            "c",
-            b"{}".into(),
-        ))
-        .unwrap()
+    fn event() -> CloudEvent {
+        CloudEvent::new("e-1", "/tests/sink", "t", "c", b"{}".into())
     }
 
     #[tokio::test]
@@ -271,7 +314,7 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(5)).await;
             drop(socket);
         });
-        let answer = sink.send(&request()).await;
+        let answer = sink.send(&sink.request(event()).unwrap()).await;
         let SinkAnswer::Retryable {
             status: None,
             error,
@@ -288,7 +331,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let sink = sink_at(listener.local_addr().unwrap());
         drop(listener);
-        let answer = sink.send(&request()).await;
+        let answer = sink.send(&sink.request(event()).unwrap()).await;
         let SinkAnswer::Retryable {
             status: None,
             error,
@@ -305,7 +348,9 @@ mod tests {
     fn an_extension_that_cannot_be_a_header_name_is_refused_by_name() {
         let mut event = CloudEvent::new("e-1", "/tests/sink", "workflow.step", "wf-1", Vec::new());
         event.extensions.insert("not a name".into(), "x".into());
-        let error = SinkRequest::new(event).unwrap_err();
+        let error = sink_at("127.0.0.1:8088".parse().unwrap())
+            .request(event)
+            .unwrap_err();
         assert!(error.contains("`ce-not a name`"), "{error}");
     }
 }

@@ -2,12 +2,14 @@
 //! the records hook-receiver would write for the benchmark's requests (CloudEvents in
 //! binary mode, `to_kafka_headers`, a 1 KiB JSON body, the delivery id as the key, `keys`
 //! distinct keys in turn), with the receiver's producer settings (`acks=all`, idempotence,
-//! murmur2, one request in flight per broker, librdkafka's default batching), as fast as
-//! it can with at most `in_flight` records unacknowledged.
+//! murmur2, one request in flight per broker, `linger.ms=0`) with at most `in_flight`
+//! records unacknowledged: as fast as it can (`rate` 0), or `rate` records a second on a
+//! fixed schedule, the way the benchmark's load generator sends requests.
 //!
-//! bare_producer <bootstrap servers> <topic> <count> <keys> <in_flight> [property=value ...]
+//! bare_producer <bootstrap servers> <topic> <count> <keys> <in_flight> <rate> [property=value ...]
 //! (extra librdkafka properties, set after the receiver's, are for experiments only)
-//! prints: records/s, delivery latency p50 and p99 in ms, peak RSS in KiB
+//! prints: records/s, delivery latency p50 and p99 in ms, peak RSS in KiB; with a rate, the
+//! latency of a record counts from its scheduled time, so falling behind shows in it
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -76,15 +78,28 @@ fn percentile_ms(sorted_us: &[u32], p: f64) -> f64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let [_, bootstrap, topic, count, keys, in_flight, extra @ ..] = args.as_slice() else {
+    let [
+        _,
+        bootstrap,
+        topic,
+        count,
+        keys,
+        in_flight,
+        rate,
+        extra @ ..,
+    ] = args.as_slice()
+    else {
         eprintln!(
-            "usage: bare_producer <bootstrap servers> <topic> <count> <keys> <in_flight> [property=value ...]"
+            "usage: bare_producer <bootstrap servers> <topic> <count> <keys> <in_flight> <rate> [property=value ...]"
         );
         std::process::exit(2);
     };
     let count: u64 = count.parse().expect("count is a number");
     let keys: u64 = keys.parse().expect("keys is a number");
     let max_in_flight: usize = in_flight.parse().expect("in_flight is a number");
+    let rate: u64 = rate
+        .parse()
+        .expect("rate is a number (0: as fast as it can)");
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", bootstrap)
@@ -111,6 +126,13 @@ fn main() {
     let context = producer.context();
     let started = Instant::now();
     for seq in 0..count {
+        let scheduled = if rate == 0 {
+            Instant::now()
+        } else {
+            let due = started + Duration::from_secs_f64(seq as f64 / rate as f64);
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            due
+        };
         while context.in_flight.load(Ordering::Acquire) >= max_in_flight {
             std::thread::sleep(Duration::from_micros(200));
         }
@@ -127,7 +149,7 @@ fn main() {
         event.traceparent = Some(bridge_events::new_traceparent());
         let headers = event.to_kafka_headers();
         context.in_flight.fetch_add(1, Ordering::AcqRel);
-        let mut record = BaseRecord::with_opaque_to(topic, Box::new(Instant::now()))
+        let mut record = BaseRecord::with_opaque_to(topic, Box::new(scheduled))
             .key(event.kafka_key())
             .headers(headers)
             .payload(&event.data);

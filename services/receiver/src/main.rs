@@ -18,7 +18,13 @@ struct Args {
     config: PathBuf,
 }
 
-#[tokio::main]
+// One runtime thread. A request crosses from the connection to librdkafka's threads and
+// back on its acknowledgement; on a multi-threaded runtime each crossing could wake another
+// worker, and on two cores shared with the brokers those wake-ups waited for a core: the
+// tail latency (p99 58 to 74 ms at 500 req/s) came from them. On one thread hook-receiver
+// kept p99 under 50 ms to 1,000 req/s (BENCHMARKS.md). Blocking work (spool reads, the
+// producer's flush) runs on tokio's blocking pool and the spool's writer on its own thread.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     bridge_runtime::init_tracing();
     let args = Args::parse();

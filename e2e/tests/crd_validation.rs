@@ -488,6 +488,11 @@ async fn event_consumer_schema_refuses_each_invalid_spec_with_its_message() {
             "sink.url must be an absolute http:// or https:// URL",
         ),
         case(
+            "a sink URL with credentials",
+            consumer(json!({"sink": {"url": "https://svc:secret@sink.example.com/events"}})),
+            "sink.url must not carry credentials",
+        ),
+        case(
             "a sink service port out of range",
             consumer(
                 json!({"sink": {"url": null, "service": {"name": "coordinator", "port": 70000}}}),

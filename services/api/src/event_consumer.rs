@@ -148,9 +148,14 @@ pub struct Sink {
     /// Absolute http:// or https:// URL that receives each event as a binary-mode CloudEvent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 2048))]
-    #[x_kube(validation = Rule::new("isURL(self) && url(self).getScheme() in ['http', 'https']").message(
-        "sink.url must be an absolute http:// or https:// URL, for example http://sink.team-a.svc:8080/events"
-    ))]
+    #[x_kube(
+        validation = Rule::new("isURL(self) && url(self).getScheme() in ['http', 'https']").message(
+            "sink.url must be an absolute http:// or https:// URL, for example http://sink.team-a.svc:8080/events"
+        ),
+        validation = Rule::new("!self.matches('^[^:/?#]+://[^/?#]*@')").message(
+            "sink.url must not carry credentials (user:password@): event-consumer does not send them"
+        )
+    )]
     pub url: Option<String>,
     /// A Service in this namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]

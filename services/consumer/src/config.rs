@@ -293,6 +293,19 @@ impl ConsumerConfig {
                 format!("`{}` must start with http:// or https://", self.sink.url),
             ));
         }
+        // The client sends no credentials from the URL; refused rather than dropped, so a
+        // sink that needs them does not answer every event with 401.
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(invalid(
+                "sink.url",
+                format!(
+                    "`{}://{}{}` carries credentials (user:password@), which event-consumer does not send: give the URL without them",
+                    url.scheme(),
+                    url.host_str().unwrap_or_default(),
+                    url.path()
+                ),
+            ));
+        }
         http::Uri::try_from(url.as_str()).map_err(|e| {
             invalid(
                 "sink.url",
@@ -431,6 +444,18 @@ startFrom: latest
     fn the_sink_must_be_an_http_url() {
         let text = DESIGN_EXAMPLE.replace("http://127.0.0.1:8088/events", "ftp://x/");
         assert!(error_of(&text).starts_with("sink.url:"));
+    }
+
+    #[test]
+    fn credentials_in_the_sink_url_are_refused_without_echoing_them() {
+        let text = DESIGN_EXAMPLE.replace(
+            "http://127.0.0.1:8088/events",
+            "https://svc:s3cret@sink.example/events",
+        );
+        let error = error_of(&text);
+        assert!(error.starts_with("sink.url:"), "{error}");
+        assert!(error.contains("carries credentials"), "{error}");
+        assert!(!error.contains("s3cret"), "{error}");
     }
 
     #[test]

@@ -576,14 +576,14 @@ pub fn jittered(base: Duration) -> Duration {
     base.mul_f64(factor)
 }
 
-/// Consecutive failures per object and the wait they earn: 1 s doubling to 60 s, jittered.
 /// The wait after `failures` failures in a row (at least one): 1 s doubling to 60 s, jittered.
 pub fn backoff_after(failures: u32) -> Duration {
     let delay = Duration::from_secs(1 << (failures.max(1) - 1).min(6)).min(Duration::from_secs(60));
     jittered(delay)
 }
 
-/// What every controller retries with, from `error_policy` and while Kafka fails.
+/// Consecutive failures per object and the wait they earn ([`backoff_after`]): what every
+/// controller retries with, from `error_policy` and while Kafka fails.
 #[derive(Debug, Default)]
 pub struct Backoff {
     failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,

@@ -304,6 +304,21 @@ mod tests {
         CloudEvent::new("e-1", "/tests/sink", "t", "c", b"{}".into())
     }
 
+    /// Sends one event; the answer must be a retryable failure with no HTTP status, whose
+    /// error is returned.
+    async fn retryable_without_status(sink: &SinkClient) -> String {
+        let answer = sink.send(&sink.request(event()).unwrap()).await;
+        let SinkAnswer::Retryable {
+            status: None,
+            error,
+            ..
+        } = answer
+        else {
+            panic!("{answer:?}");
+        };
+        error
+    }
+
     #[tokio::test]
     async fn a_sink_that_does_not_answer_in_time_is_a_retryable_timeout() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -314,15 +329,7 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(5)).await;
             drop(socket);
         });
-        let answer = sink.send(&sink.request(event()).unwrap()).await;
-        let SinkAnswer::Retryable {
-            status: None,
-            error,
-            ..
-        } = answer
-        else {
-            panic!("{answer:?}");
-        };
+        let error = retryable_without_status(&sink).await;
         assert_eq!(error, "the sink did not answer within 200ms");
     }
 
@@ -331,15 +338,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let sink = sink_at(listener.local_addr().unwrap());
         drop(listener);
-        let answer = sink.send(&sink.request(event()).unwrap()).await;
-        let SinkAnswer::Retryable {
-            status: None,
-            error,
-            ..
-        } = answer
-        else {
-            panic!("{answer:?}");
-        };
+        let error = retryable_without_status(&sink).await;
         assert!(error.starts_with("could not reach the sink: "), "{error}");
         assert!(error.contains("Connection refused"), "{error}");
     }

@@ -96,6 +96,19 @@ impl DispatchState {
                 }
             })
     }
+
+    /// An asynchronous commit of `offsets` failed (during a rebalance, say): the partitions
+    /// still assigned are committed again at the next tick, even if nothing else finishes
+    /// on them. Without this, a partition that went quiet kept its old committed offset,
+    /// and its events were counted as lag and delivered again after the next rebalance.
+    fn commit_failed(&mut self, offsets: &TopicPartitionList) {
+        for element in offsets.elements() {
+            let key = (Arc::from(element.topic()), element.partition());
+            if let Some(partition) = self.partitions.get_mut(&key) {
+                partition.uncommitted = true;
+            }
+        }
+    }
 }
 
 /// What the poll loop, the delivery tasks and the rebalance callbacks share.
@@ -224,12 +237,17 @@ impl ConsumerContext for GroupEvents {
         }
     }
 
-    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _: &TopicPartitionList) {
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        offsets: &TopicPartitionList,
+    ) {
         match result {
             Ok(())
             | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
             Err(error) => {
-                tracing::warn!(%error, "committing offsets failed; retried at the next commit")
+                tracing::warn!(%error, "committing offsets failed; retried at the next commit");
+                self.shared.lock().commit_failed(offsets);
             }
         }
     }
@@ -1053,4 +1071,29 @@ fn producer_config(config: &ConsumerConfig) -> ClientConfig {
         &PRODUCE_TIMEOUT.as_millis().to_string(),
     );
     client
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_commit_is_retried_for_partitions_still_assigned_only() {
+        let topic: Arc<str> = Arc::from("orders");
+        let mut state = DispatchState::default();
+        state.partition(&topic, 0).uncommitted = false;
+        let mut failed = TopicPartitionList::new();
+        failed
+            .add_partition_offset("orders", 0, Offset::Offset(42))
+            .unwrap();
+        // Partition 1 was revoked after the commit was sent: it stays forgotten.
+        failed
+            .add_partition_offset("orders", 1, Offset::Offset(7))
+            .unwrap();
+
+        state.commit_failed(&failed);
+
+        assert!(state.partitions[&(topic.clone(), 0)].uncommitted);
+        assert!(!state.partitions.contains_key(&(topic, 1)));
+    }
 }

@@ -40,8 +40,8 @@ use crate::sink::{SinkAnswer, SinkClient, SinkRequest};
 /// The name this service gives itself in lifecycle events and as its Kafka client id.
 pub const SERVICE_NAME: &str = "event-consumer";
 
-/// How often the finished offsets that moved are committed (asynchronously); revoke and
-/// shutdown commit synchronously besides.
+/// How often the finished offsets that moved are committed; revoke and shutdown commit
+/// besides.
 const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a dead-letter or lifecycle record may wait in the producer.
 const PRODUCE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -97,10 +97,25 @@ impl DispatchState {
             })
     }
 
-    /// An asynchronous commit of `offsets` failed (during a rebalance, say): the partitions
-    /// still assigned are committed again at the next tick, even if nothing else finishes
-    /// on them. Without this, a partition that went quiet kept its old committed offset,
-    /// and its events were counted as lag and delivered again after the next rebalance.
+    /// The committable offsets of the partitions whose offset moved since they were last
+    /// taken; they count as committed from now on, unless `commit_failed` says otherwise.
+    fn take_uncommitted(&mut self) -> TopicPartitionList {
+        let mut offsets = TopicPartitionList::new();
+        for ((topic, partition), tracked) in self.partitions.iter_mut() {
+            if !std::mem::take(&mut tracked.uncommitted) {
+                continue;
+            }
+            if let Some(offset) = tracked.offsets.committable() {
+                let _ = offsets.add_partition_offset(topic, *partition, Offset::Offset(offset));
+            }
+        }
+        offsets
+    }
+
+    /// A commit of `offsets` failed (during a rebalance, say): the partitions still
+    /// assigned are committed again at the next tick, even if nothing else finishes on
+    /// them. Without this, a partition that went quiet kept its old committed offset, and
+    /// its events were counted as lag and delivered again after the next rebalance.
     fn commit_failed(&mut self, offsets: &TopicPartitionList) {
         for element in offsets.elements() {
             let key = (Arc::from(element.topic()), element.partition());
@@ -234,21 +249,6 @@ impl ConsumerContext for GroupEvents {
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(error) => tracing::warn!(%error, "consumer group rebalance failed"),
-        }
-    }
-
-    fn commit_callback(
-        &self,
-        result: rdkafka::error::KafkaResult<()>,
-        offsets: &TopicPartitionList,
-    ) {
-        match result {
-            Ok(())
-            | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
-            Err(error) => {
-                tracing::warn!(%error, "committing offsets failed; retried at the next commit");
-                self.shared.lock().commit_failed(offsets);
-            }
         }
     }
 }
@@ -405,6 +405,7 @@ pub async fn run(
         announced_ready: false,
         held_since: None,
         topic_names: Vec::new(),
+        commit_in_flight: None,
     };
     poll_loop.run(stopping, timeout).await;
     drop(delivery);
@@ -483,6 +484,8 @@ struct PollLoop {
     held_since: Option<tokio::time::Instant>,
     /// The names of the topics read so far.
     topic_names: Vec<Arc<str>>,
+    /// The last periodic commit, while it may still be waiting for the coordinator.
+    commit_in_flight: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl PollLoop {
@@ -664,28 +667,31 @@ impl PollLoop {
         }
     }
 
-    /// Commits the offsets that moved since last time, without waiting for the answer: a
-    /// lost commit only means some events are delivered again.
+    /// Commits the offsets that moved since the last commit, synchronously on a blocking
+    /// thread so the poll loop goes on; one such commit at a time, so they land in order.
+    /// Synchronously because librdkafka reports an asynchronous manual commit to an
+    /// offset-commit callback only, which rdkafka does not set: a commit refused during a
+    /// rebalance went unnoticed, and a partition that then went quiet kept its old offset.
     fn commit_finished_offsets(&mut self) {
-        let mut finished = TopicPartitionList::new();
+        if self
+            .commit_in_flight
+            .as_ref()
+            .is_some_and(|commit| !commit.is_finished())
         {
-            let mut state = self.shared.lock();
-            for ((topic, partition), tracked) in state.partitions.iter_mut() {
-                if !tracked.uncommitted {
-                    continue;
-                }
-                tracked.uncommitted = false;
-                if let Some(offset) = tracked.offsets.committable() {
-                    let _ =
-                        finished.add_partition_offset(topic, *partition, Offset::Offset(offset));
-                }
-            }
+            return;
         }
-        if finished.count() > 0 {
-            if let Err(error) = self.consumer.commit(&finished, CommitMode::Async) {
-                tracing::warn!(%error, "committing finished offsets failed");
-            }
+        let finished = self.shared.lock().take_uncommitted();
+        if finished.count() == 0 {
+            return;
         }
+        let consumer = self.consumer.clone();
+        let shared = self.shared.clone();
+        self.commit_in_flight = Some(tokio::task::spawn_blocking(move || {
+            if let Err(error) = consumer.commit(&finished, CommitMode::Sync) {
+                tracing::warn!(%error, "committing finished offsets failed; retried at the next tick");
+                shared.lock().commit_failed(&finished);
+            }
+        }));
     }
 
     fn refresh_readiness(&mut self) {
@@ -719,7 +725,7 @@ impl PollLoop {
         }
     }
 
-    async fn shut_down(self, request_timeout: Duration) {
+    async fn shut_down(mut self, request_timeout: Duration) {
         tracing::info!("stopping: finishing deliveries in flight");
         self.shared.readiness.set_not_ready("stopping");
         self.lifecycle.announce(LifecyclePhase::Stopping);
@@ -737,6 +743,10 @@ impl PollLoop {
                 ?drained,
                 "deliveries still running at shutdown; they are delivered again after restart"
             );
+        }
+        // The last periodic commit lands first, so this one has the last word.
+        if let Some(commit) = self.commit_in_flight.take() {
+            let _ = commit.await;
         }
         let mut finished = TopicPartitionList::new();
         {
@@ -1077,23 +1087,35 @@ fn producer_config(config: &ConsumerConfig) -> ClientConfig {
 mod tests {
     use super::*;
 
+    fn offsets(list: &TopicPartitionList) -> Vec<(String, i32, Offset)> {
+        list.elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition(), e.offset()))
+            .collect()
+    }
+
     #[test]
-    fn a_failed_commit_is_retried_for_partitions_still_assigned_only() {
+    fn a_failed_commit_is_taken_again_for_partitions_still_assigned_only() {
         let topic: Arc<str> = Arc::from("orders");
         let mut state = DispatchState::default();
-        state.partition(&topic, 0).uncommitted = false;
-        let mut failed = TopicPartitionList::new();
-        failed
-            .add_partition_offset("orders", 0, Offset::Offset(42))
-            .unwrap();
-        // Partition 1 was revoked after the commit was sent: it stays forgotten.
-        failed
-            .add_partition_offset("orders", 1, Offset::Offset(7))
-            .unwrap();
+        for partition in [0, 1] {
+            let tracked = state.partition(&topic, partition);
+            tracked.offsets.received(41);
+            tracked.offsets.completed(41);
+            tracked.uncommitted = true;
+        }
+        let sent = state.take_uncommitted();
+        assert_eq!(sent.count(), 2);
+        assert_eq!(state.take_uncommitted().count(), 0, "nothing moved since");
 
-        state.commit_failed(&failed);
+        // Partition 1 was revoked while the commit was out; the commit failed.
+        state.partitions.remove(&(topic.clone(), 1));
+        state.commit_failed(&sent);
 
-        assert!(state.partitions[&(topic.clone(), 0)].uncommitted);
+        assert_eq!(
+            offsets(&state.take_uncommitted()),
+            [("orders".to_owned(), 0, Offset::Offset(42))]
+        );
         assert!(!state.partitions.contains_key(&(topic, 1)));
     }
 }

@@ -28,15 +28,16 @@ kubectl apply --server-side -f crds/ >/dev/null
 
 # Deletes every topic matching the regex. One `kafka-topics --delete` of 10,000 topics
 # was seen to remove 2,000 and give up (its request timed out), so it is repeated until
-# the list is empty.
+# the list is empty (10 rounds were not always enough at 10,000, and the brokers went on
+# deleting the floor's topics while the operator's were created).
 delete_topics() {
   local _
-  for _ in $(seq 1 10); do
+  for _ in $(seq 1 60); do
     kafka-topics --bootstrap-server "$KAFKA_BOOTSTRAP_SERVERS" --delete --topic "$1" >/dev/null 2>&1 || true
     [ -z "$(kafka-topics --bootstrap-server "$KAFKA_BOOTSTRAP_SERVERS" --list --topic "$1" 2>/dev/null)" ] && return 0
     sleep 5
   done
-  echo "bench: topics matching $1 remain after 10 deletions" >&2
+  echo "bench: topics matching $1 remain after 60 deletions" >&2
 }
 
 cleanup() {

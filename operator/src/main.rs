@@ -154,7 +154,7 @@ fn main() {
 /// that meet on its lock arenas of their own (up to 8 per core), and each keeps the memory
 /// freed into it: with the runtime's workers, its blocking pool and librdkafka's threads,
 /// a bulk apply of 3,000 EventTopics left a peak of 12 MiB of live heap (heaptrack) in
-/// 26 MiB of anonymous memory. One arena holds it to 18 MiB (BENCHMARKS.md). The operator
+/// 25 MiB of anonymous memory. One arena holds it to 17 MiB (BENCHMARKS.md). The operator
 /// waits on the API server and Kafka, not on malloc's lock. Called before any thread
 /// starts: glibc fixes the arena limit when a second thread first allocates.
 fn one_malloc_arena() {

@@ -2,9 +2,9 @@
 //! (`rd_kafka_DescribeTopics`, librdkafka 2.12), which rdkafka 0.39 does not wrap: one
 //! metadata request naming the topics, instead of rdkafka's metadata call, which can only
 //! ask for one topic or for every topic in the cluster. This is the operator's only unsafe
-//! code besides one `mallopt` call as `main` starts: it calls the C API through the bindings rdkafka re-exports (`rdkafka::bindings`,
-//! from `rdkafka-sys`), on the admin client's own handle, with a queue of its own per call
-//! and a timeout. Everything librdkafka allocates here is freed by [`Owned`] on every path.
+//! code besides one `mallopt` call as `main` starts: it calls the C API through the
+//! bindings rdkafka re-exports (`rdkafka::bindings`, from `rdkafka-sys`), on the admin
+//! client's own handle, with a queue of its own per call and a timeout. Everything librdkafka allocates here is freed by [`Owned`] on every path.
 
 use std::collections::HashMap;
 use std::ffi::{CStr, CString, c_char, c_int};

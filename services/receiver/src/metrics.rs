@@ -44,6 +44,8 @@ pub struct Metrics {
     pub spool_records: Gauge,
     pub spooled: Counter,
     pub drained: Counter,
+    /// Spooled copies of in-doubt events that Kafka took from their first send.
+    pub already_in_kafka: Counter,
     pub spool_corrupt: Counter,
     /// 0 closed, 1 half-open, 2 open.
     pub breaker_state: Gauge,
@@ -60,6 +62,7 @@ impl Default for Metrics {
             spool_records: Gauge::default(),
             spooled: Counter::default(),
             drained: Counter::default(),
+            already_in_kafka: Counter::default(),
             spool_corrupt: Counter::default(),
             breaker_state: Gauge::default(),
             audit_events_suppressed: Counter::default(),
@@ -103,6 +106,11 @@ impl Metrics {
             "drained_records",
             "Spooled records delivered to Kafka",
             self.drained.clone(),
+        );
+        registry.register(
+            "already_in_kafka_records",
+            "Spooled records not sent again: Kafka took them from the send that was still open when they were spooled",
+            self.already_in_kafka.clone(),
         );
         registry.register(
             "spool_corrupt_segments",

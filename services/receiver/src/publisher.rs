@@ -5,6 +5,11 @@
 //! The rule that keeps order: once any event has gone to the spool, every later event goes
 //! there too until the drainer has emptied it; and when the switch happens, events still
 //! waiting for Kafka are handed to the spool first, in the order they were sent.
+//!
+//! The rule that keeps duplicates out: an event handed to the spool while librdkafka still
+//! holds its send is *in doubt* (Kafka may take it yet). The drain sends nothing until
+//! librdkafka has settled every such send, and does not send again the spooled copy of one
+//! that Kafka took.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
@@ -132,6 +137,13 @@ fn default_unless_set(config: &mut rdkafka::ClientConfig, names: &[&str], value:
     }
 }
 
+/// How long the drain, with the breaker closed, waits for librdkafka to settle the sends of
+/// in-doubt events before it sends their spooled copies anyway. With the brokers reachable
+/// librdkafka settles a send within `message.timeout.ms` (30 s unless the user sets it);
+/// while they are away it may hold a send that is in flight for longer (it cannot tell
+/// whether Kafka has it), which is why the wait only counts from the breaker's closing.
+const IN_DOUBT_WAIT_LIMIT: Duration = Duration::from_secs(60);
+
 /// How long the drain waits for Kafka to have a leader for every partition of a batch's
 /// topics before it sends the batch anyway (and lets the deliveries report what is wrong,
 /// e.g. a topic that does not exist).
@@ -198,10 +210,41 @@ struct WaitingForKafka {
     take_over: oneshot::Sender<SpoolAck>,
 }
 
+/// An event sent to Kafka whose request is waiting for the outcome. If the request is
+/// dropped first (its client went away), the event was not acknowledged: the publisher
+/// forgets it, so it is not handed to the spool later nor waited for as in doubt (a
+/// spooled copy is then sent again: at worst a duplicate).
+struct Unsettled<'a> {
+    publisher: &'a Publisher,
+    sequence: u64,
+}
+
+impl Unsettled<'_> {
+    /// The request has the outcome and acts on it.
+    fn settled(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Unsettled<'_> {
+    fn drop(&mut self) {
+        let mut state = self.publisher.lock();
+        state.waiting.remove(&self.sequence);
+        state.in_doubt.remove(&self.sequence);
+    }
+}
+
 struct State {
     mode: Mode,
     next_sequence: u64,
     waiting: BTreeMap<u64, WaitingForKafka>,
+    /// Events handed to the spool while librdkafka still held their send (the breaker
+    /// opened, or `publishTimeout` passed), by sequence: Kafka may take them yet. They are
+    /// the head of the spool, so the drain waits until librdkafka has settled each.
+    in_doubt: BTreeMap<u64, SpoolRecord>,
+    /// In-doubt events that Kafka took after all, by sequence (the order they were spooled
+    /// in): the drain commits their spooled copies without sending them again.
+    taken_meanwhile: BTreeMap<u64, SpoolRecord>,
 }
 
 pub struct Publisher {
@@ -268,6 +311,8 @@ impl Publisher {
                 mode,
                 next_sequence: 0,
                 waiting: BTreeMap::new(),
+                in_doubt: BTreeMap::new(),
+                taken_meanwhile: BTreeMap::new(),
             }),
             publish_timeout,
             drain_wakeup: tokio::sync::Notify::new(),
@@ -296,7 +341,7 @@ impl Publisher {
     }
 
     /// Returns once the event is durable; `Err` means it is not, and the sender should retry.
-    pub async fn publish(&self, record: SpoolRecord) -> Result<Durable, SpoolError> {
+    pub async fn publish(self: &Arc<Self>, record: SpoolRecord) -> Result<Durable, SpoolError> {
         enum Path {
             Kafka(u64, DeliveryFuture, oneshot::Receiver<SpoolAck>),
             Spool(SpoolAck),
@@ -326,44 +371,60 @@ impl Publisher {
         };
         let ack = match path {
             Path::Spool(ack) => ack,
-            Path::Kafka(sequence, delivery, mut taken_over) => {
+            Path::Kafka(sequence, mut delivery, mut taken_over) => {
                 enum Waited {
                     Acknowledged,
-                    Failed,
+                    Refused,
+                    TimedOut,
                     TakenOver(Result<SpoolAck, oneshot::error::RecvError>),
                 }
+                let unsettled = Unsettled {
+                    publisher: self,
+                    sequence,
+                };
                 let started = Instant::now();
                 let waited = tokio::select! {
                     biased;
-                    delivered = delivery => match delivered {
+                    delivered = &mut delivery => match delivered {
                         Ok(Ok(_)) => Waited::Acknowledged,
                         Ok(Err((error, _))) => {
                             tracing::warn!(%error, "Kafka did not take an event; spooling");
-                            Waited::Failed
+                            Waited::Refused
                         }
-                        Err(_) => Waited::Failed,
+                        Err(_) => Waited::Refused,
                     },
                     ack = &mut taken_over => Waited::TakenOver(ack),
                     _ = tokio::time::sleep(self.publish_timeout) => {
                         tracing::warn!(timeout = ?self.publish_timeout, "Kafka did not acknowledge in time; spooling");
-                        Waited::Failed
+                        Waited::TimedOut
                     }
                 };
+                unsettled.settled();
                 let ack = match waited {
                     Waited::Acknowledged => {
                         self.breaker.record_success();
                         self.metrics
                             .publish_seconds
                             .observe(started.elapsed().as_secs_f64());
-                        self.lock().waiting.remove(&sequence);
+                        self.kafka_took(sequence);
                         return Ok(Durable::Kafka);
                     }
-                    Waited::Failed => {
+                    Waited::Refused => {
                         self.breaker.record_failure();
                         self.take_over(sequence);
+                        self.settle_in_doubt(sequence, false);
                         taken_over.await
                     }
-                    Waited::TakenOver(ack) => ack,
+                    Waited::TimedOut => {
+                        self.breaker.record_failure();
+                        self.take_over(sequence);
+                        self.follow_in_doubt(sequence, delivery);
+                        taken_over.await
+                    }
+                    Waited::TakenOver(ack) => {
+                        self.follow_in_doubt(sequence, delivery);
+                        ack
+                    }
                 };
                 ack.map_err(|_| SpoolError::Io("the spool writer has stopped".into()))?
             }
@@ -382,15 +443,49 @@ impl Publisher {
         }
     }
 
+    /// Kafka acknowledged event `sequence`. If it was handed to the spool meanwhile, its
+    /// spooled copy is not to be sent again.
+    fn kafka_took(&self, sequence: u64) {
+        let mut state = self.lock();
+        if state.waiting.remove(&sequence).is_none() {
+            drop(state);
+            self.settle_in_doubt(sequence, true);
+        }
+    }
+
+    /// Waits, in a task of its own, for librdkafka's word on an in-doubt event's send (it
+    /// comes within `message.timeout.ms`); the request has its answer from the spool.
+    fn follow_in_doubt(self: &Arc<Self>, sequence: u64, delivery: DeliveryFuture) {
+        let publisher = self.clone();
+        tokio::spawn(async move {
+            let taken = matches!(delivery.await, Ok(Ok(_)));
+            publisher.settle_in_doubt(sequence, taken);
+        });
+    }
+
+    /// librdkafka has settled in-doubt event `sequence`: Kafka took it, or will not.
+    fn settle_in_doubt(&self, sequence: u64, taken: bool) {
+        let mut state = self.lock();
+        if let Some(record) = state.in_doubt.remove(&sequence)
+            && taken
+        {
+            state.taken_meanwhile.insert(sequence, record);
+        }
+        drop(state);
+        self.drain_wakeup.notify_one();
+    }
+
     /// Switches to spooling and hands every event still waiting for Kafka to the spool,
-    /// oldest first, ahead of anything that comes later.
+    /// oldest first, ahead of anything that comes later. Their sends stay with
+    /// librdkafka, so each is in doubt until it settles.
     fn enter_spooling(&self, state: &mut State) {
         if state.mode == Mode::Direct {
             tracing::info!(waiting = state.waiting.len(), "switching to the spool");
             state.mode = Mode::Spooling;
         }
-        for (_, waiting) in std::mem::take(&mut state.waiting) {
+        for (sequence, waiting) in std::mem::take(&mut state.waiting) {
             let ack = self.writer.append(&self.spool, &waiting.record);
+            state.in_doubt.insert(sequence, waiting.record);
             let _ = waiting.take_over.send(ack);
         }
         self.drain_wakeup.notify_one();
@@ -417,6 +512,7 @@ impl Publisher {
         // last failed: only then is it worth asking Kafka again before a batch.
         let mut led = HashSet::new();
         let mut waiting_for_leaders: Option<Instant> = None;
+        let mut waiting_for_in_doubt: Option<Instant> = None;
         // After Kafka was away or a batch failed, one record goes alone first: while the
         // brokers still take up their partitions (they answer metadata, and name leaders,
         // before those leaders accept writes), only it waits in librdkafka and at worst
@@ -426,6 +522,8 @@ impl Publisher {
             if self.breaker.current() != BreakerState::Closed {
                 led.clear();
                 probing = true;
+                // Sends in flight when the brokers went away settle once they are back.
+                waiting_for_in_doubt = None;
             }
             if self.lock().mode == Mode::Direct {
                 tokio::select! {
@@ -456,6 +554,14 @@ impl Publisher {
                 }
                 BreakerState::Closed => {}
             }
+            if let Some(open) = self.in_doubt_to_wait_for(&mut waiting_for_in_doubt) {
+                tokio::select! {
+                    _ = self.drain_wakeup.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+                tracing::trace!(open, "the drain waits for in-doubt sends");
+                continue;
+            }
             let spool = self.spool.clone();
             let limit = if probing { 1 } else { 512 };
             let batch = tokio::task::spawn_blocking(move || spool.read_batch(limit, 8 << 20))
@@ -468,6 +574,8 @@ impl Publisher {
                     if drained {
                         tracing::info!("the spool is drained; publishing directly again");
                         state.mode = Mode::Direct;
+                        // Left only if a spool write failed (the sender had a 503).
+                        state.taken_meanwhile.clear();
                     }
                     drained
                 };
@@ -510,7 +618,7 @@ impl Publisher {
                 }
             }
             let sent_at = Instant::now();
-            if !self.send_batch(batch).await {
+            if !self.send_batch(&batch).await {
                 led.clear();
                 probing = true;
             } else if std::mem::take(&mut probing) {
@@ -521,6 +629,42 @@ impl Publisher {
                 );
             }
         }
+    }
+
+    /// How many in-doubt events the drain has to wait for (`None`: it may go on). It waits
+    /// at most `IN_DOUBT_WAIT_LIMIT`, then sends their spooled copies anyway: a copy of an
+    /// event Kafka takes later is a duplicate, never a loss.
+    fn in_doubt_to_wait_for(&self, since: &mut Option<Instant>) -> Option<usize> {
+        let mut state = self.lock();
+        if state.in_doubt.is_empty() {
+            if let Some(since) = since.take() {
+                tracing::info!(
+                    waited = ?since.elapsed(),
+                    taken_meanwhile = state.taken_meanwhile.len(),
+                    "librdkafka settled the sends of the events handed to the spool; draining, without the ones Kafka took"
+                );
+            }
+            return None;
+        }
+        let open = state.in_doubt.len();
+        let started = *since.get_or_insert_with(|| {
+            tracing::info!(
+                open,
+                "events were handed to the spool while librdkafka still held their sends; the drain waits until it settles them"
+            );
+            Instant::now()
+        });
+        if started.elapsed() < IN_DOUBT_WAIT_LIMIT {
+            return Some(open);
+        }
+        tracing::warn!(
+            open,
+            waited = ?started.elapsed(),
+            "librdkafka has not settled some sends of events handed to the spool; draining their spooled copies anyway (Kafka may end up with two of these)"
+        );
+        state.in_doubt.clear();
+        *since = None;
+        None
     }
 
     /// Why Kafka cannot take `batch` now (`None`: it can): the idempotent producer has no
@@ -596,12 +740,15 @@ impl Publisher {
 
     /// Sends a batch with its deliveries awaited together, and commits the prefix that
     /// Kafka acknowledged. After a failure the rest is sent again later (duplicates, never
-    /// loss). Returns whether the whole batch went.
-    async fn send_batch(&self, batch: Vec<(Option<SpoolRecord>, crate::spool::Position)>) -> bool {
+    /// loss). Spooled copies of in-doubt events that Kafka took are committed, not sent.
+    /// Returns whether the whole batch went.
+    async fn send_batch(&self, batch: &[(Option<SpoolRecord>, crate::spool::Position)]) -> bool {
         let started = Instant::now();
+        let already_in_kafka = already_in_kafka(batch, &self.lock().taken_meanwhile);
         let mut deliveries = Vec::with_capacity(batch.len());
-        for (record, _) in &batch {
-            deliveries.push(record.as_ref().map(|record| self.send(record)));
+        for ((record, _), taken) in batch.iter().zip(&already_in_kafka) {
+            let record = record.as_ref().filter(|_| taken.is_none());
+            deliveries.push(record.map(|record| self.send(record)));
         }
         let outcomes =
             futures::future::join_all(deliveries.into_iter().map(|delivery| async move {
@@ -625,8 +772,18 @@ impl Publisher {
                 .iter()
                 .filter(|(r, _)| r.is_some())
                 .count() as u64;
+            let skipped: Vec<u64> = already_in_kafka[..delivered]
+                .iter()
+                .flatten()
+                .copied()
+                .collect();
             self.spool.commit(batch[delivered - 1].1, records);
-            self.metrics.drained.inc_by(records);
+            self.metrics.drained.inc_by(records - skipped.len() as u64);
+            self.metrics.already_in_kafka.inc_by(skipped.len() as u64);
+            let mut state = self.lock();
+            for sequence in skipped {
+                state.taken_meanwhile.remove(&sequence);
+            }
         }
         if delivered == batch.len() {
             tracing::debug!(records = batch.len(), took = ?started.elapsed(), "drained a spool batch");
@@ -698,6 +855,24 @@ impl Publisher {
     }
 }
 
+/// For each record of `batch`, the sequence of the in-doubt event it is a copy of if Kafka
+/// took that event after all. Both lists are in the order the events were spooled, so each
+/// taken event is looked for after the previous one's match; a record that matches nothing
+/// is sent.
+fn already_in_kafka(
+    batch: &[(Option<SpoolRecord>, crate::spool::Position)],
+    taken: &BTreeMap<u64, SpoolRecord>,
+) -> Vec<Option<u64>> {
+    let mut taken = taken.iter().peekable();
+    batch
+        .iter()
+        .map(|(record, _)| {
+            let (sequence, _) = taken.next_if(|(_, copy)| record.as_ref() == Some(*copy))?;
+            Some(*sequence)
+        })
+        .collect()
+}
+
 /// Whether Kafka acknowledged `delivery` within `wait`.
 pub async fn delivered_within(delivery: DeliveryFuture, wait: Duration) -> bool {
     matches!(tokio::time::timeout(wait, delivery).await, Ok(Ok(Ok(_))))
@@ -713,6 +888,36 @@ mod tests {
             partitions: partitions.iter().map(|&(p, l)| (p, l, None)).collect(),
             brokers: brokers.to_vec(),
         }
+    }
+
+    #[test]
+    fn spooled_copies_of_events_kafka_took_are_matched_in_spool_order() {
+        let record = |n: u8| SpoolRecord {
+            topic: "t".into(),
+            key: vec![n],
+            headers: vec![],
+            value: vec![n],
+        };
+        let batch: Vec<_> = [1, 2, 3, 4, 5]
+            .into_iter()
+            .map(|n| (Some(record(n)), crate::spool::Position::default()))
+            .collect();
+        let taken = BTreeMap::from([(12, record(2)), (14, record(4))]);
+        assert_eq!(
+            already_in_kafka(&batch, &taken),
+            [None, Some(12), None, Some(14), None]
+        );
+        // A taken event whose spooled copy is not in the batch holds back the later ones
+        // (they may come in the next batch); nothing is skipped that was not matched.
+        let taken = BTreeMap::from([(10, record(9)), (12, record(2))]);
+        assert_eq!(already_in_kafka(&batch, &taken), [None; 5]);
+        // Two equal records, one taken: one copy is skipped, the other sent.
+        let twice = vec![batch[0].clone(), batch[0].clone()];
+        let taken = BTreeMap::from([(3, record(1))]);
+        assert_eq!(already_in_kafka(&twice, &taken), [Some(3), None]);
+        // A torn record (None) matches nothing.
+        let torn = vec![(None, crate::spool::Position::default())];
+        assert_eq!(already_in_kafka(&torn, &taken), [None]);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! R1: one broker stops under load; R2: all three stop for a minute under load. The
+//! R1: one broker stops under load; R2: all three stop for a minute under load; and Kafka
+//! acknowledging later than `publishTimeout`, which is how R1 spools events. The
 //! receiver keeps answering 2xx (from Kafka, or from its spool), and every acknowledged
 //! event arrives, in per-key order. This binary stops the shared brokers: it restarts them
 //! even when it fails (a drop guard, and a watchdog process in case the test process itself
@@ -395,4 +396,59 @@ async fn with_one_broker_down_every_acknowledged_event_arrives_once() {
         messages.len()
     );
     assert_eq!(duplicates, 0, "duplicates with one broker down");
+}
+
+/// R1's duplicates in isolation: Kafka answers, but later than `publishTimeout`. Each such
+/// event is answered from the spool while librdkafka still holds its send, and Kafka takes
+/// that send after all; the drain must not send the spooled copy again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_spooled_while_kafka_was_slow_arrive_once() {
+    let _turn = TURN.lock().await;
+    let stack = stack();
+    let topic = create_topic(&stack, 6).await;
+    let dir = scratch_dir("slow-kafka");
+    let secret = dir.join("token");
+    std::fs::write(&secret, "slow-token").unwrap();
+    // No acks=all acknowledgement comes within a millisecond, so direct sends time out.
+    let config = config_yaml(
+        &dir,
+        free_port(),
+        free_port(),
+        &stack.kafka_bootstrap_servers,
+        "instance: slow-kafka-test\npublishTimeout: 1ms",
+        &steps_route(&topic, &secret),
+    );
+    let receiver = Receiver::start(&dir, &config).await;
+    let load = KeyedLoad::start(format!("{}/steps", receiver.url), 6, "slow-token");
+    load.wait_answered(600, Duration::from_secs(60)).await;
+    let acknowledged = load.stop().await;
+    let admin = receiver.admin_url.clone();
+    let text = eventually("the spool to drain", Duration::from_secs(60), || {
+        let admin = admin.clone();
+        async move {
+            let text = metrics_of(&admin).await?;
+            (metric(&text, "hook_receiver_spool_records") == Some(0.0)).then_some(text)
+        }
+    })
+    .await;
+
+    let messages = read_topic(&stack, &topic, acknowledged.len(), Duration::from_secs(60)).await;
+    let duplicates = assert_all_arrived_in_key_order(&acknowledged, &messages);
+    let spooled = acknowledged
+        .iter()
+        .filter(|(_, _, s)| s == "spooled")
+        .count();
+    let already_in_kafka =
+        metric(&text, "hook_receiver_already_in_kafka_records_total").unwrap_or(0.0);
+    let drained = metric(&text, "hook_receiver_drained_records_total").unwrap_or(0.0);
+    eprintln!(
+        "slow Kafka: {} acknowledged ({spooled} from the spool), {} on Kafka, {duplicates} duplicates; the drain sent {drained} and skipped {already_in_kafka} that Kafka had taken",
+        acknowledged.len(),
+        messages.len()
+    );
+    assert!(
+        already_in_kafka > 0.0,
+        "no event was spooled while Kafka still held its send; the test did not test anything"
+    );
+    assert_eq!(duplicates, 0, "duplicates after slow acknowledgements");
 }

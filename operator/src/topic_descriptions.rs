@@ -4,7 +4,8 @@
 //! ask for one topic or for every topic in the cluster. This is the operator's only unsafe
 //! code besides one `mallopt` call as `main` starts: it calls the C API through the
 //! bindings rdkafka re-exports (`rdkafka::bindings`, from `rdkafka-sys`), on the admin
-//! client's own handle, with a queue of its own per call and a timeout. Everything librdkafka allocates here is freed by [`Owned`] on every path.
+//! client's own handle, with a queue of its own per call and a timeout. Everything
+//! librdkafka allocates here is freed by [`Owned`] on every path.
 
 use std::collections::HashMap;
 use std::ffi::{CStr, CString, c_char, c_int};

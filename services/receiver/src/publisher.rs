@@ -554,12 +554,11 @@ impl Publisher {
                 }
                 BreakerState::Closed => {}
             }
-            if let Some(open) = self.in_doubt_to_wait_for(&mut waiting_for_in_doubt) {
+            if self.waits_for_in_doubt(&mut waiting_for_in_doubt) {
                 tokio::select! {
                     _ = self.drain_wakeup.notified() => {}
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                 }
-                tracing::trace!(open, "the drain waits for in-doubt sends");
                 continue;
             }
             let spool = self.spool.clone();
@@ -631,10 +630,10 @@ impl Publisher {
         }
     }
 
-    /// How many in-doubt events the drain has to wait for (`None`: it may go on). It waits
-    /// at most `IN_DOUBT_WAIT_LIMIT`, then sends their spooled copies anyway: a copy of an
-    /// event Kafka takes later is a duplicate, never a loss.
-    fn in_doubt_to_wait_for(&self, since: &mut Option<Instant>) -> Option<usize> {
+    /// Whether the drain has to wait for in-doubt events to settle. It waits at most
+    /// `IN_DOUBT_WAIT_LIMIT`, then sends their spooled copies anyway: a copy of an event
+    /// Kafka takes later is a duplicate, never a loss.
+    fn waits_for_in_doubt(&self, since: &mut Option<Instant>) -> bool {
         let mut state = self.lock();
         if state.in_doubt.is_empty() {
             if let Some(since) = since.take() {
@@ -644,7 +643,7 @@ impl Publisher {
                     "librdkafka settled the sends of the events handed to the spool; draining, without the ones Kafka took"
                 );
             }
-            return None;
+            return false;
         }
         let open = state.in_doubt.len();
         let started = *since.get_or_insert_with(|| {
@@ -655,7 +654,7 @@ impl Publisher {
             Instant::now()
         });
         if started.elapsed() < IN_DOUBT_WAIT_LIMIT {
-            return Some(open);
+            return true;
         }
         tracing::warn!(
             open,
@@ -664,7 +663,7 @@ impl Publisher {
         );
         state.in_doubt.clear();
         *since = None;
-        None
+        false
     }
 
     /// Why Kafka cannot take `batch` now (`None`: it can): the idempotent producer has no

@@ -96,11 +96,31 @@ impl Drop for BrokersDown {
     }
 }
 
-fn steps_route(topic: &str, secret: &std::path::Path) -> String {
-    format!(
+/// A scratch dir named after `name`, and the config of a receiver there with one `steps`
+/// route to `topic` behind the bearer `token` (correlation id from `X-Workflow`).
+fn steps_config(
+    stack: &Stack,
+    name: &str,
+    topic: &str,
+    token: &str,
+    extra: &str,
+) -> (std::path::PathBuf, String) {
+    let dir = scratch_dir(name);
+    let secret = dir.join("token");
+    std::fs::write(&secret, token).unwrap();
+    let route = format!(
         "  - name: steps\n    path: /steps\n    topic: {topic}\n    eventType: {{value: workflow.step}}\n    correlationId: {{header: X-Workflow}}\n    auth: {{bearer: {{secretFile: {}}}}}\n",
         secret.display()
-    )
+    );
+    let config = config_yaml(
+        &dir,
+        free_port(),
+        free_port(),
+        &stack.kafka_bootstrap_servers,
+        &format!("instance: {name}-test\n{extra}"),
+        &route,
+    );
+    (dir, config)
 }
 
 async fn metrics_of(admin: &str) -> Option<String> {
@@ -133,28 +153,11 @@ async fn with_all_brokers_down_for_a_minute_events_are_spooled_and_all_arrive_in
     let stack = stack();
     let topic = create_topic(&stack, 6).await;
     let tiny_topic = create_topic(&stack, 1).await;
-    let dir = scratch_dir("outage");
-    let secret = dir.join("token");
-    std::fs::write(&secret, "outage-token").unwrap();
-    let config = config_yaml(
-        &dir,
-        free_port(),
-        free_port(),
-        &stack.kafka_bootstrap_servers,
-        "instance: outage-test",
-        &steps_route(&topic, &secret),
-    );
+    let (dir, config) = steps_config(&stack, "outage", &topic, "outage-token", "");
     let receiver = Receiver::start(&dir, &config).await;
-    let tiny_dir = scratch_dir("outage-tiny");
-    let tiny_config = config_yaml(
-        &tiny_dir,
-        free_port(),
-        free_port(),
-        &stack.kafka_bootstrap_servers,
-        "instance: outage-tiny-test",
-        &steps_route(&tiny_topic, &secret),
-    )
-    .replace(
+    let (tiny_dir, tiny_config) =
+        steps_config(&stack, "outage-tiny", &tiny_topic, "outage-token", "");
+    let tiny_config = tiny_config.replace(
         "spool: {dir: ",
         "spool: {maxBytes: 8192, segmentBytes: 4096, dir: ",
     );
@@ -357,21 +360,7 @@ async fn with_one_broker_down_every_acknowledged_event_arrives_once() {
     let _turn = TURN.lock().await;
     let stack = stack();
     let topic = create_topic(&stack, 6).await;
-    let dir = scratch_dir("one-down");
-    let secret = dir.join("token");
-    std::fs::write(&secret, "one-down-token").unwrap();
-    let routes = format!(
-        "  - name: steps\n    path: /steps\n    topic: {topic}\n    eventType: {{value: workflow.step}}\n    correlationId: {{header: X-Workflow}}\n    auth: {{bearer: {{secretFile: {}}}}}\n",
-        secret.display()
-    );
-    let config = config_yaml(
-        &dir,
-        free_port(),
-        free_port(),
-        &stack.kafka_bootstrap_servers,
-        "instance: one-down-test",
-        &routes,
-    );
+    let (dir, config) = steps_config(&stack, "one-down", &topic, "one-down-token", "");
     let receiver = Receiver::start(&dir, &config).await;
     let load = KeyedLoad::start(format!("{}/steps", receiver.url), 6, "one-down-token");
     load.wait_answered(60, Duration::from_secs(60)).await;
@@ -406,17 +395,13 @@ async fn events_spooled_while_kafka_was_slow_arrive_once() {
     let _turn = TURN.lock().await;
     let stack = stack();
     let topic = create_topic(&stack, 6).await;
-    let dir = scratch_dir("slow-kafka");
-    let secret = dir.join("token");
-    std::fs::write(&secret, "slow-token").unwrap();
     // No acks=all acknowledgement comes within a millisecond, so direct sends time out.
-    let config = config_yaml(
-        &dir,
-        free_port(),
-        free_port(),
-        &stack.kafka_bootstrap_servers,
-        "instance: slow-kafka-test\npublishTimeout: 1ms",
-        &steps_route(&topic, &secret),
+    let (dir, config) = steps_config(
+        &stack,
+        "slow-kafka",
+        &topic,
+        "slow-token",
+        "publishTimeout: 1ms",
     );
     let receiver = Receiver::start(&dir, &config).await;
     let load = KeyedLoad::start(format!("{}/steps", receiver.url), 6, "slow-token");

@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
-# The local stack every test, benchmark and the demo runs on: etcd, kube-apiserver,
-# kube-controller-manager, kube-scheduler and kwok (fake nodes), plus three Apache Kafka
-# brokers in KRaft mode, all on 127.0.0.1 and all built from the package registries.
+# The local stack every test, benchmark and the demo runs on: a real single-node Kubernetes
+# cluster (etcd, kube-apiserver, kube-controller-manager, kube-scheduler; a node with
+# containerd, runc, kubelet, kube-proxy and CoreDNS; the registry our image is pulled
+# from), kwok's fake nodes for scale tests, and three Apache Kafka brokers in KRaft mode,
+# all built from the package registries and all on this machine. The node needs root.
 #
 #   e2e/stack.sh up            build what is missing (cached), start everything, wait until ready
 #   e2e/stack.sh env           export lines: eval "$(e2e/stack.sh env)"
 #   e2e/stack.sh status        one line per component (and SSL listener): up or down
-#   e2e/stack.sh down          stop what `up` started (by pid); keeps caches and run data
+#   e2e/stack.sh down          stop what `up` started and undo what the node changed; keeps caches and run data
 #   e2e/stack.sh kafka-stop N.. stop brokers (1..3) together, for fault tests
 #   e2e/stack.sh kafka-start N.. start them again and wait until they have registered
 #   e2e/stack.sh build         only build / fetch the components into the cache
 #
-# `up` also builds our Rust binaries (cargo, incremental) and starts pod-runner, the
-# kubelet of the kwok nodes for the operator's Pods: they run as real local processes.
+# `up` also builds the product's image (e2e/image.sh) and pushes it to the stack's
+# registry: the operator's Pods run it on the node as real containers.
 #
 # Builds are cached under ~/.cache/omninode-bridge/<component>-<version>/ (override with
 # OMNINODE_CACHE_DIR); run data, pids and logs live in one run directory, target/stack in
@@ -53,20 +55,8 @@ KAFKA_CONTROLLER_PORTS=($((19093 + P)) $((19095 + P)) $((19097 + P)))
 # --kafka-properties test); the brokers talk among themselves on PLAINTEXT.
 KAFKA_SSL_PORTS=($((19192 + P)) $((19194 + P)) $((19196 + P)))
 KAFKA_NODES=(1 2 3)
-# Pod IPs handed out by kwok: loopback, so anything that follows an EndpointSlice stays on
-# this machine. Service cluster IPs are only allocated, never routed to.
-POD_CIDR=127.1.0.0/16
-SERVICE_CIDR=10.96.0.0/16
-# Pod IPs handed out by pod-runner to the operator's Pods, which run as real processes
-# reached through EndpointSlices. The API server refuses loopback addresses in
-# EndpointSlices, so the Pod IPs in the API are in 198.18.0.0/15 (RFC 2544 benchmarking:
-# not routed on the internet, not a private network), and each process listens on its
-# loopback twin, the Pod IP with its first octet replaced by 127 (198.18.0.5 ->
-# 127.18.0.5): traffic never leaves 127.0.0.0/8 (bridge_e2e::loopback_twin). Each stack's
-# ports span less than 1000, so offsets come in thousands and each thousand takes the next
-# /20: offset 0 -> 198.18.0.0/20, 1000 -> 198.18.16.0/20, 16000 -> 198.19.0.0/20 (32 stacks).
-RUNNER_RANGE_INDEX=$((P / 1000 % 32))
-RUNNER_POD_CIDR=198.$((18 + RUNNER_RANGE_INDEX / 16)).$((RUNNER_RANGE_INDEX % 16 * 16)).0/20
+# Pod IPs kwok hands out on its fake nodes (scale tests only: nothing listens there).
+KWOK_POD_CIDR=127.1.0.0/16
 NODE_COUNT=2
 
 WAIT_SECONDS=${OMNINODE_WAIT_SECONDS:-120}
@@ -74,10 +64,13 @@ WAIT_SECONDS=${OMNINODE_WAIT_SECONDS:-120}
 log() { printf '%s stack: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf 'stack: error: %s\n' "$*" >&2; exit 1; }
 
+# shellcheck source=e2e/node.sh
+. "$E2E/node.sh"
+
 kafka_bootstrap() {
   local IFS=,
   local servers=()
-  for p in "${KAFKA_BROKER_PORTS[@]}"; do servers+=("127.0.0.1:$p"); done
+  for p in "${KAFKA_BROKER_PORTS[@]}"; do servers+=("$NODE_IP:$p"); done
   echo "${servers[*]}"
 }
 
@@ -136,21 +129,27 @@ go_env() {
   export CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 }
 
-build_kubernetes() {
-  [ -x "$K8S_DIR/bin/kube-apiserver" ] && return 0
-  go_env
+# The version stamp kubectl, the API server and the node report (v0.0.0-master without it).
+k8s_ldflags() {
   local minor=${K8S_VERSION#1.}
   minor=${minor%%.*}
   local v=k8s.io/component-base/version c=k8s.io/client-go/pkg/version
-  local ldflags
-  ldflags="-s -w -X $v.gitVersion=v$K8S_VERSION -X $v.gitMajor=1 -X $v.gitMinor=$minor
-    -X $v.gitTreeState=clean -X $v.buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-    -X $c.gitVersion=v$K8S_VERSION -X $c.gitMajor=1 -X $c.gitMinor=$minor"
-  rm -rf "$K8S_DIR/bin.tmp" && mkdir -p "$K8S_DIR/bin.tmp"
-  (cd "$E2E/k8s" && go build -trimpath -ldflags "$ldflags" -o "$K8S_DIR/bin.tmp/" \
-    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
-  mv "$K8S_DIR/bin.tmp" "$K8S_DIR/bin"
+  echo "-s -w -X $v.gitVersion=v$K8S_VERSION -X $v.gitMajor=1 -X $v.gitMinor=$minor
+    -X $v.gitTreeState=clean -X $c.gitVersion=v$K8S_VERSION -X $c.gitMajor=1 -X $c.gitMinor=$minor"
+}
+
+# The control plane and kubectl; the node's kubelet and kube-proxy follow (build_kubelet),
+# in the same job so that they take the shared packages from Go's build cache.
+build_kubernetes() {
+  if [ ! -x "$K8S_DIR/bin/kube-apiserver" ]; then
+    go_env
+    rm -rf "$K8S_DIR/bin.tmp" && mkdir -p "$K8S_DIR/bin.tmp"
+    (cd "$E2E/k8s" && go build -trimpath -ldflags "$(k8s_ldflags)" -o "$K8S_DIR/bin.tmp/" \
+      k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+      k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
+    mv "$K8S_DIR/bin.tmp" "$K8S_DIR/bin"
+  fi
+  build_kubelet
 }
 
 build_etcd() {
@@ -171,38 +170,18 @@ build_kwok() {
   mv "$KWOK_DIR/bin.tmp" "$KWOK_DIR/bin"
 }
 
-# The label the operator puts on its workloads; pod-runner runs those Pods, so kwok's pod
-# Stages must leave them alone.
-RUNNER_POD_LABEL=app.kubernetes.io/managed-by
-RUNNER_POD_LABEL_VALUE=bridge-operator
-
 # kwok's Stage documents, written at every `up` into the run directory (not the build
 # cache, so a cached kwok gets changes to them). Only Stage documents: a
-# KwokConfiguration document here would replace kwok's defaults. The pod Stages get one
-# more selector term that excludes the Pods pod-runner runs (a missing label is "not in").
+# KwokConfiguration document here would replace kwok's defaults.
 write_kwok_stages() { # output file
   local src f
   src=$(go mod download -json "sigs.k8s.io/kwok@v$KWOK_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
   [ -d "$src/kustomize/stage" ] || die "kwok v$KWOK_VERSION's stages not found in the Go module cache"
-  {
-    for f in node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml; do
-      printf -- '---\n'
-      cat "$src/kustomize/stage/$f"
-    done
-    for f in pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
-      printf -- '---\n'
-      awk -v key="$RUNNER_POD_LABEL" -v value="$RUNNER_POD_LABEL_VALUE" '
-        { print }
-        /^    matchExpressions:$/ && !done {
-          printf "    - key: %s\n", "'\''.metadata.labels[\"" key "\"]'\''"
-          print "      operator: '\''NotIn'\''"
-          print "      values:"
-          printf "      - '\''%s'\''\n", value
-          done = 1
-        }' "$src/kustomize/stage/$f"
-    done
-  } > "$1"
-  [ "$(grep -c "$RUNNER_POD_LABEL" "$1")" -eq 3 ] || die "could not add the pod-runner exclusion to kwok's pod Stages"
+  for f in node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
+    pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
+    printf -- '---\n'
+    cat "$src/kustomize/stage/$f"
+  done > "$1"
 }
 
 build_helm() {
@@ -230,7 +209,7 @@ fetch_kafka() {
 build_all() {
   check_prerequisites
   mkdir -p "$CACHE/logs"
-  local names=(kubernetes etcd kwok helm kafka) pids=() failed=0
+  local names=(kubernetes etcd kwok helm kafka containerd runc cni_plugins crane coredns cri_tools) pids=() failed=0
   for name in "${names[@]}"; do
     local fn=build_$name
     [ "$name" = kafka ] && fn=fetch_kafka
@@ -262,11 +241,17 @@ build_all() {
 
 is_built() {
   case $1 in
-    kubernetes) [ -x "$K8S_DIR/bin/kube-apiserver" ] ;;
+    kubernetes) [ -x "$K8S_DIR/bin/kube-apiserver" ] && [ -x "$KUBELET_DIR/bin/kubelet" ] ;;
     etcd) [ -x "$ETCD_DIR/bin/etcd" ] ;;
     kwok) [ -x "$KWOK_DIR/bin/kwok" ] ;;
     helm) [ -x "$HELM_DIR/bin/helm" ] ;;
     kafka) [ -d "$KAFKA_DIR/libs" ] ;;
+    containerd) [ -d "$CONTAINERD_DIR/bin" ] ;;
+    runc) [ -d "$RUNC_DIR/bin" ] ;;
+    cni_plugins) [ -d "$CNI_DIR/bin" ] ;;
+    crane) [ -d "$CRANE_DIR/bin" ] ;;
+    coredns) [ -d "$COREDNS_DIR/bin" ] ;;
+    cri_tools) [ -d "$CRI_TOOLS_DIR/bin" ] ;;
   esac
 }
 
@@ -278,6 +263,10 @@ link_bin() {
   ln -sf "$ETCD_DIR/bin/etcd" "$bin/etcd"
   ln -sf "$KWOK_DIR/bin/kwok" "$bin/kwok"
   ln -sf "$HELM_DIR/bin/helm" "$bin/helm"
+  ln -sf "$KUBELET_DIR/bin/kubelet" "$bin/kubelet"
+  ln -sf "$KUBELET_DIR/bin/kube-proxy" "$bin/kube-proxy"
+  ln -sf "$CRANE_DIR/bin/crane" "$bin/crane"
+  ln -sf "$CRI_TOOLS_DIR/bin/crictl" "$bin/crictl"
   ln -sf "$(command -v kcat)" "$bin/kcat"
   cat > "$RUN/kafka/tools-log4j2.properties" <<'EOF'
 status = warn
@@ -382,46 +371,65 @@ fail_with_log() {
 
 PKI=$RUN/pki
 
-make_pki() {
-  [ -f "$PKI/admin.crt" ] && return 0
-  mkdir -p "$PKI"
-  (
-    cd "$PKI"
-    openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 3650 -subj /CN=omninode-bridge-e2e-ca
-    openssl req -newkey rsa:2048 -nodes -keyout apiserver.key -out apiserver.csr -subj /CN=kube-apiserver
-    # X.509 v3 with key usages: rustls (kube-rs) refuses v1 certificates.
-    printf '%s\n' 'basicConstraints=CA:FALSE' 'keyUsage=critical,digitalSignature,keyEncipherment' \
-      'extendedKeyUsage=serverAuth' \
-      'subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local' \
-      > apiserver.ext
-    openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out apiserver.crt -days 3650 -extfile apiserver.ext
-    # The admin identity (group system:masters) used by kubectl, the tests and the other components.
-    printf '%s\n' 'basicConstraints=CA:FALSE' 'keyUsage=critical,digitalSignature,keyEncipherment' \
-      'extendedKeyUsage=clientAuth' > admin.ext
-    openssl req -newkey rsa:2048 -nodes -keyout admin.key -out admin.csr -subj "/O=system:masters/CN=omninode-admin"
-    openssl x509 -req -in admin.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out admin.crt -days 3650 -extfile admin.ext
-    openssl genrsa -out sa.key 2048
-    openssl rsa -in sa.key -pubout -out sa.pub
-    rm -f ./*.csr ./*.ext
-  ) > "$RUN/logs/pki.log" 2>&1 || fail_with_log "pki generation failed"
-  cat > "$RUN/kubeconfig" <<EOF
+# client_cert NAME SUBJECT: a client certificate NAME.crt/.key from the stack's CA (run in $PKI).
+client_cert() {
+  # X.509 v3 with key usages: rustls (kube-rs) refuses v1 certificates.
+  printf '%s\n' 'basicConstraints=CA:FALSE' 'keyUsage=critical,digitalSignature,keyEncipherment' \
+    'extendedKeyUsage=clientAuth' > "$1.ext"
+  openssl req -newkey rsa:2048 -nodes -keyout "$1.key" -out "$1.csr" -subj "$2"
+  openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -out "$1.crt" -days 3650 -extfile "$1.ext"
+  rm -f "$1.csr" "$1.ext"
+}
+
+# kubeconfig_for NAME: a kubeconfig for the API server on the node's address, as the
+# client certificate NAME.crt.
+kubeconfig_for() {
+  cat <<EOF
 apiVersion: v1
 kind: Config
 clusters:
 - name: omninode-e2e
   cluster:
-    server: https://127.0.0.1:$APISERVER_PORT
+    server: https://$NODE_IP:$APISERVER_PORT
     certificate-authority: $PKI/ca.crt
 users:
-- name: omninode-admin
+- name: $1
   user:
-    client-certificate: $PKI/admin.crt
-    client-key: $PKI/admin.key
+    client-certificate: $PKI/$1.crt
+    client-key: $PKI/$1.key
 contexts:
 - name: omninode-e2e
-  context: {cluster: omninode-e2e, user: omninode-admin}
+  context: {cluster: omninode-e2e, user: $1}
 current-context: omninode-e2e
 EOF
+}
+
+# The API server serves on the node's address (Pods reach it there, through the Service
+# kubernetes.default), so its certificate names that address and the Service's.
+APISERVER_SAN="IP:$NODE_IP,IP:$KUBERNETES_SERVICE_IP,IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+
+make_pki() {
+  mkdir -p "$PKI"
+  (
+    cd "$PKI"
+    if [ ! -f admin.crt ]; then
+      openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 3650 -subj /CN=omninode-bridge-e2e-ca
+      # The admin identity (group system:masters) used by kubectl, the tests and the control plane.
+      client_cert admin "/O=system:masters/CN=omninode-admin"
+      openssl genrsa -out sa.key 2048
+      openssl rsa -in sa.key -pubout -out sa.pub
+    fi
+    # A run directory from before the node has a certificate for 127.0.0.1 only.
+    if ! grep -qx "$APISERVER_SAN" apiserver.san 2>/dev/null; then
+      openssl req -newkey rsa:2048 -nodes -keyout apiserver.key -out apiserver.csr -subj /CN=kube-apiserver
+      printf '%s\n' 'basicConstraints=CA:FALSE' 'keyUsage=critical,digitalSignature,keyEncipherment' \
+        'extendedKeyUsage=serverAuth' "subjectAltName=$APISERVER_SAN" > apiserver.ext
+      openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out apiserver.crt -days 3650 -extfile apiserver.ext
+      rm -f apiserver.csr apiserver.ext
+      echo "$APISERVER_SAN" > apiserver.san
+    fi
+  ) >> "$RUN/logs/pki.log" 2>&1 || fail_with_log "pki generation failed"
+  kubeconfig_for admin > "$RUN/kubeconfig"
 }
 
 # The certificate of the brokers' SSL listeners, from the stack's CA, in the one file Kafka
@@ -462,10 +470,12 @@ start_etcd() {
 start_apiserver() {
   start kube-apiserver "$K8S_DIR/bin/kube-apiserver" \
     --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
-    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$APISERVER_PORT" \
+    --bind-address="$NODE_IP" --advertise-address="$NODE_IP" --secure-port="$APISERVER_PORT" \
     --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
     --client-ca-file="$PKI/ca.crt" --authorization-mode=Node,RBAC --allow-privileged=true \
-    --service-cluster-ip-range="$SERVICE_CIDR" --endpoint-reconciler-type=none \
+    --service-cluster-ip-range="$SERVICE_CIDR" \
+    --kubelet-client-certificate="$PKI/admin.crt" --kubelet-client-key="$PKI/admin.key" \
+    --kubelet-certificate-authority="$PKI/ca.crt" --kubelet-preferred-address-types=InternalIP,Hostname \
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
     --cert-dir="$RUN/kube-apiserver"
@@ -502,56 +512,16 @@ start_kwok() {
   fi
   start kwok "$KWOK_DIR/bin/kwok" --kubeconfig="$RUN/kubeconfig" --config="$RUN/kwok/stages.yaml" \
     --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
-    --cidr="$POD_CIDR" --node-ip=127.0.0.1 --node-port="$KWOK_PORT" \
+    --cidr="$KWOK_POD_CIDR" --node-ip=127.0.0.1 --node-port="$KWOK_PORT" \
     --server-address="127.0.0.1:$KWOK_PORT" --node-lease-duration-seconds=40
 }
 
-# --- pod-runner: the kwok nodes' kubelet for the operator's Pods -------------------------
-
-# cargo's target directory (CARGO_TARGET_DIR or the config may move it out of the repo).
-cargo_target_dir() {
-  (cd "$REPO" && cargo metadata --format-version 1 --no-deps) |
-    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p'
-}
-
-# The binaries Pods may run, and pod-runner itself; incremental, so quick when fresh.
-build_rust() {
-  require cargo "cargo (rustup.rs)"
-  log "building pod-runner, hook-receiver, event-consumer and the test workloads (log: $RUN/logs/cargo.log)"
-  local t0=$SECONDS
-  if ! (cd "$REPO" && cargo build --locked -p bridge-e2e -p hook-receiver -p event-consumer --bins) \
-    > "$RUN/logs/cargo.log" 2>&1; then
-    printf 'stack: cargo build failed; last lines of %s:\n' "$RUN/logs/cargo.log" >&2
-    tail -n 30 "$RUN/logs/cargo.log" >&2
-    return 1
-  fi
-  log "built the Rust binaries in $((SECONDS - t0)) s"
-}
-
-start_pod_runner() {
-  local target cidr=$RUNNER_POD_CIDR
-  # A runner started on another range (by an older stack.sh) is restarted.
-  if is_running pod-runner && [ "$(cat "$RUN/pod-runner.cidr" 2>/dev/null)" != "$cidr" ]; then
-    log "pod-runner's range changes to $cidr; restarting it"
-    stop pod-runner
-  fi
-  is_running pod-runner && return 0
-  # A fresh log, so that readiness is read from this run's lines; the last run's is kept.
-  [ -f "$RUN/logs/pod-runner.log" ] && mv -f "$RUN/logs/pod-runner.log" "$RUN/logs/pod-runner.previous.log"
-  echo "$cidr" > "$RUN/pod-runner.cidr"
-  target=$(cargo_target_dir)
-  [ -n "$target" ] || die "could not find cargo's target directory (cargo metadata)"
-  start pod-runner env KUBECONFIG="$RUN/kubeconfig" "$target/debug/pod-runner" \
-    --bin-dir="$target/debug" --run-dir="$RUN" --pod-cidr="$cidr" \
-    --node-selector=type=kwok --pod-selector="$RUNNER_POD_LABEL=$RUNNER_POD_LABEL_VALUE"
-}
-
-pod_runner_ready() { # it has listed Pods and Nodes and reported so since its start
-  is_running pod-runner && grep -q "pod-runner ready" "$RUN/logs/pod-runner.log"
-}
+# --- nodes ---------------------------------------------------------------------------
 
 kubectl_() { "$K8S_DIR/bin/kubectl" --kubeconfig="$RUN/kubeconfig" --request-timeout=10s "$@"; }
 
+# kwok's fake nodes, for scale tests: tainted, so that only Pods that tolerate
+# kwok.x-k8s.io/node=fake land there; every other Pod runs on the real node.
 create_nodes() {
   local i manifest=""
   for i in $(seq 0 $((NODE_COUNT - 1))); do
@@ -561,6 +531,8 @@ metadata:
   name: kwok-node-$i
   annotations: {node.alpha.kubernetes.io/ttl: \"0\", kwok.x-k8s.io/node: fake}
   labels: {kubernetes.io/arch: amd64, kubernetes.io/os: linux, kubernetes.io/hostname: kwok-node-$i, type: kwok}
+spec:
+  taints: [{key: kwok.x-k8s.io/node, value: fake, effect: NoSchedule}]
 status:
   allocatable: {cpu: \"32\", memory: 256Gi, pods: \"110\"}
   capacity: {cpu: \"32\", memory: 256Gi, pods: \"110\"}
@@ -586,8 +558,8 @@ kafka_node_config() { # node id
 process.roles=broker,controller
 node.id=$n
 controller.quorum.voters=${voters[*]}
-listeners=PLAINTEXT://127.0.0.1:${KAFKA_BROKER_PORTS[$i]},CONTROLLER://127.0.0.1:${KAFKA_CONTROLLER_PORTS[$i]},SSL://127.0.0.1:${KAFKA_SSL_PORTS[$i]}
-advertised.listeners=PLAINTEXT://127.0.0.1:${KAFKA_BROKER_PORTS[$i]},SSL://127.0.0.1:${KAFKA_SSL_PORTS[$i]}
+listeners=PLAINTEXT://$NODE_IP:${KAFKA_BROKER_PORTS[$i]},CONTROLLER://127.0.0.1:${KAFKA_CONTROLLER_PORTS[$i]},SSL://127.0.0.1:${KAFKA_SSL_PORTS[$i]}
+advertised.listeners=PLAINTEXT://$NODE_IP:${KAFKA_BROKER_PORTS[$i]},SSL://127.0.0.1:${KAFKA_SSL_PORTS[$i]}
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SSL:SSL
@@ -671,7 +643,7 @@ kafka_brokers_registered() { # count: the cluster metadata lists at least that m
 }
 
 kafka_broker_in_metadata() { # node id
-  kcat -b "$(kafka_bootstrap)" -L -m 3 2>/dev/null | grep -q "broker $1 at 127.0.0.1:"
+  kcat -b "$(kafka_bootstrap)" -L -m 3 2>/dev/null | grep -q "broker $1 at $NODE_IP:"
 }
 
 kafka_ssl_listening() { # node id: its SSL port accepts connections
@@ -718,17 +690,21 @@ cmd_up() {
     return 0
   fi
   rm -f "$RUN/external.env"
+  require_root up
   local t0=$SECONDS
   build_all
   mkdir -p "$RUN/logs" "$RUN/pids"
-  # cargo builds while the JVMs and the control plane start; pod-runner waits for it.
-  build_rust &
-  local cargo_pid=$!
   raise_limits
 
   # The brokers' SSL listeners need the CA and their certificate: a few seconds of openssl.
   make_pki
   make_kafka_tls
+  # The node's address comes first: the API server and Kafka serve on it.
+  node_up
+  # The image builds (cargo, release) while the JVMs and the control plane start.
+  log "building and pushing the image (log: $RUN/logs/image.log)"
+  "$E2E/image.sh" "$REGISTRY" > "$RUN/image.new" 2> "$RUN/logs/image.log" &
+  local image_pid=$!
   # Kafka's JVMs start slowest, so they go first and come up while the control plane does.
   prepare_kafka
   local n
@@ -737,17 +713,15 @@ cmd_up() {
   start_etcd
   wait_until etcd curl -sf --max-time 2 "http://127.0.0.1:$ETCD_PORT/health"
   start_apiserver
-  wait_until kube-apiserver https_ok "https://127.0.0.1:$APISERVER_PORT/readyz"
+  wait_until kube-apiserver https_ok "https://$NODE_IP:$APISERVER_PORT/readyz"
   start_controller_manager
   start_scheduler
   start_kwok
   wait_until kube-controller-manager curl -skf --max-time 2 "https://127.0.0.1:$KCM_PORT/healthz"
   wait_until kube-scheduler curl -skf --max-time 2 "https://127.0.0.1:$SCHEDULER_PORT/healthz"
+  node_start_agents
   create_nodes
   wait_until kwok nodes_ready
-  wait "$cargo_pid" || die "the Rust build failed (see above)"
-  start_pod_runner
-  wait_until pod-runner pod_runner_ready
   # The default ServiceAccount is what lets Pods be admitted in a namespace.
   wait_until kube-controller-manager kubectl_ get serviceaccount default -n default
 
@@ -761,7 +735,14 @@ cmd_up() {
       wait_until "kafka-$n" kafka_ssl_serves "$n"
     fi
   done
-  log "stack up in $((SECONDS - t0)) s: Kubernetes v$K8S_VERSION at https://127.0.0.1:$APISERVER_PORT, Kafka $KAFKA_VERSION at $(kafka_bootstrap)"
+  if ! wait "$image_pid"; then
+    printf 'stack: building the image failed; last lines of %s:\n' "$RUN/logs/image.log" >&2
+    tail -n 30 "$RUN/logs/image.log" >&2
+    exit 1
+  fi
+  mv "$RUN/image.new" "$RUN/image"
+  log "image $(cat "$RUN/image")"
+  log "stack up in $((SECONDS - t0)) s: Kubernetes v$K8S_VERSION at https://$NODE_IP:$APISERVER_PORT, Kafka $KAFKA_VERSION at $(kafka_bootstrap)"
   log "use it with: eval \"\$(e2e/stack.sh env)\""
 }
 
@@ -771,7 +752,10 @@ cmd_env() {
   else
     printf 'export KUBECONFIG=%q\nexport KAFKA_BOOTSTRAP_SERVERS=%q\nexport OMNINODE_STACK=local\n' \
       "$RUN/kubeconfig" "$(kafka_bootstrap)"
-    printf 'export OMNINODE_POD_CIDR=%q\n' "$RUNNER_POD_CIDR"
+    # Where Pods reach the host (the API server, Kafka, a test's own servers), and the
+    # image the operator's workloads run.
+    printf 'export OMNINODE_NODE_IP=%q\nexport OMNINODE_REGISTRY=%q\n' "$NODE_IP" "$REGISTRY"
+    [ -f "$RUN/image" ] && printf 'export BRIDGE_WORKLOAD_IMAGE=%q\n' "$(cat "$RUN/image")"
     printf 'export KAFKA_SSL_BOOTSTRAP_SERVERS=%q\nexport KAFKA_SSL_CA_FILE=%q\n' \
       "$(kafka_ssl_bootstrap)" "$PKI/ca.crt"
   fi
@@ -783,11 +767,15 @@ cmd_env() {
 component_up() {
   case $1 in
     etcd) curl -sf --max-time 2 "http://127.0.0.1:$ETCD_PORT/health" ;;
-    kube-apiserver) https_ok "https://127.0.0.1:$APISERVER_PORT/readyz" ;;
+    kube-apiserver) https_ok "https://$NODE_IP:$APISERVER_PORT/readyz" ;;
     kube-controller-manager) curl -skf --max-time 2 "https://127.0.0.1:$KCM_PORT/healthz" ;;
     kube-scheduler) curl -skf --max-time 2 "https://127.0.0.1:$SCHEDULER_PORT/healthz" ;;
     kwok) is_running kwok && nodes_ready ;;
-    pod-runner) is_running pod-runner ;;
+    registry) is_running registry && registry_serves ;;
+    containerd) is_running containerd && test -S "$CONTAINERD_SOCKET" ;;
+    kubelet) is_running kubelet && node_ready ;;
+    kube-proxy) is_running kube-proxy && curl -sf --max-time 2 "http://127.0.0.1:$KUBE_PROXY_HEALTHZ_PORT/healthz" ;;
+    coredns) is_running coredns && dns_answers ;;
     kafka-*-ssl)
       local n=${1#kafka-}
       n=${n%-ssl}
@@ -797,8 +785,8 @@ component_up() {
   esac
 }
 
-COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok pod-runner kafka-1 kafka-2 kafka-3
-  kafka-1-ssl kafka-2-ssl kafka-3-ssl)
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler registry containerd kubelet kube-proxy
+  coredns kwok kafka-1 kafka-2 kafka-3 kafka-1-ssl kafka-2-ssl kafka-3-ssl)
 
 # A listener absent because its broker predates it is said so, and fails nothing: `up`
 # does not restart running brokers, so such a stack is as up as `up` leaves it.
@@ -818,13 +806,15 @@ cmd_status() {
 }
 
 cmd_down() {
+  require_root down
+  # The node first, while the API server still answers its last status updates.
+  node_down
   stop kafka-1 kafka-2 kafka-3
-  stop pod-runner
   stop kwok
   stop kube-scheduler kube-controller-manager
   stop kube-apiserver
   stop etcd
-  log "stopped; caches in $CACHE and run data in $RUN are kept"
+  log "stopped, and the node's changes to the host undone; caches in $CACHE and run data in $RUN are kept"
 }
 
 brokers_arg() { # broker ids: 1, 2 or 3, at least one
@@ -865,7 +855,7 @@ case ${1:-} in
   kafka-stop) cmd_kafka_stop "${@:2}" ;;
   kafka-start) cmd_kafka_start "${@:2}" ;;
   *)
-    sed -n '6,12p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '8,14p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
     ;;
 esac

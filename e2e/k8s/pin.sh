@@ -20,6 +20,7 @@ done
 go get -tool "k8s.io/kubernetes/cmd/kube-apiserver@v$KV" \
   "k8s.io/kubernetes/cmd/kube-controller-manager@v$KV" \
   "k8s.io/kubernetes/cmd/kube-scheduler@v$KV" \
-  "k8s.io/kubernetes/cmd/kubectl@v$KV"
+  "k8s.io/kubernetes/cmd/kubectl@v$KV" "k8s.io/kubernetes/cmd/kubelet@v$KV" \
+  "k8s.io/kubernetes/cmd/kube-proxy@v$KV"
 go mod verify >/dev/null
 echo "pinned k8s.io/kubernetes v$KV ($(grep -c '=> k8s.io/' go.mod) staging replaces)"

@@ -269,7 +269,13 @@ timeout 60 kubectl apply --dry-run=server --server-side -f "$WORK/full-live.yaml
 pass "full values accepted by the API server (server-side dry run)"
 
 log "helm install into $NS_OPERATOR"
+# The image e2e/stack.sh up built and pushed to the stack's registry: the operator's Pods
+# run on the stack's node.
+: "${BRIDGE_WORKLOAD_IMAGE:?not set: e2e/stack.sh up builds the image and env exports it}"
+IMAGE_NAME=${BRIDGE_WORKLOAD_IMAGE%%@*}   # repository:tag@digest, as e2e/image.sh printed it
 helm install "$RELEASE" "$CHART" -n "$NS_OPERATOR" -f "$TESTS/values-live.yaml" \
+  --set "image.repository=${IMAGE_NAME%:*}" --set "image.tag=${IMAGE_NAME##*:}" \
+  --set "image.digest=${BRIDGE_WORKLOAD_IMAGE#*@}" \
   --set "kafka.bootstrapServers=${KAFKA_BOOTSTRAP_SERVERS//,/\\,}" --wait --timeout "${BOUND}s" >/dev/null
 DEPLOYMENT=deployment/$RELEASE-omninode-bridge
 timeout "$BOUND" kubectl -n "$NS_OPERATOR" rollout status "$DEPLOYMENT" --timeout="${BOUND}s" >/dev/null
@@ -378,10 +384,13 @@ kubectl -n "$NS_OPERATOR" get "$DEPLOYMENT" -o jsonpath='{.spec.template.spec.co
   || fail "the upgraded Deployment does not carry RUST_LOG=debug"
 pass "helm upgrade rolled the Deployment to a new ReplicaSet (revision $revision_before -> $revision_after)"
 
-# The operator itself, as the chart deploys it: kwok only fakes the in-cluster pods, so two
-# replicas run here as processes, authenticated as the chart's ServiceAccount (a token,
-# no impersonation) and electing a leader through the Lease in the release namespace.
+# The operator as the chart's ServiceAccount, step by step: two replicas run here as
+# processes, authenticated with a token of that ServiceAccount (no impersonation), so the
+# test decides which one leads and when one goes. The chart's own Pods step aside first
+# (scaled to 0), so that the Lease has only these two candidates.
 # That proves the chart's RBAC is enough for the real binary, not only for `can-i`.
+kubectl -n "$NS_OPERATOR" scale "$DEPLOYMENT" --replicas=0 >/dev/null
+timeout "$BOUND" kubectl -n "$NS_OPERATOR" wait --for=delete pod -l app.kubernetes.io/instance=$RELEASE --timeout="${BOUND}s" >/dev/null
 log "building bridge-operator"
 timeout 900 cargo build -q --locked -p bridge-operator --bin bridge-operator
 SA_KUBECONFIG=$WORK/serviceaccount.kubeconfig

@@ -1,25 +1,27 @@
 #!/usr/bin/env bash
-# The main job, on the local stack: bring it up, install the CRDs, run the operator, apply
-# the examples (the standard topics, a GitHub WebhookIngress with its Secret, an
-# EventConsumer whose sink prints events), send a few signed webhooks to the receivers
-# through their Service's EndpointSlice, and show the objects and the delivered events.
+# The main job, on the local stack: bring it up (a real node running our own image),
+# install the CRDs and the operator with Helm, apply the examples (the standard topics, a
+# GitHub WebhookIngress with its Secret, an EventConsumer whose sink is a Pod that prints
+# events), send a few signed webhooks to the receivers through their Service, and show the
+# objects, the Pods and the events the sink printed.
 # Safe to run again: everything it applies is declarative, and each run sends new
-# deliveries. The receiver and consumer pods run as local processes (the stack's
-# pod-runner) and keep running after the demo; the operator and the printing sink stop
-# with it.
+# deliveries. Everything keeps running afterwards; `e2e/stack.sh down` stops it all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NS=omninode-demo
+OPERATOR_NS=omninode-system
 WEBHOOKS=${DEMO_WEBHOOKS:-3}
 BOUND=${DEMO_BOUND:-180}   # seconds any one wait may take
 
 e2e/stack.sh up
 eval "$(e2e/stack.sh env)"
 e2e/stack.sh status
-RUN_DIR=$(dirname "$KUBECONFIG")
-DEMO_DIR=$RUN_DIR/demo
-mkdir -p "$DEMO_DIR"
-PRINTER_PORT=$((18088 + ${OMNINODE_PORT_OFFSET:-0}))
+: "${BRIDGE_WORKLOAD_IMAGE:?e2e/stack.sh env did not name the image}"
+# repository:tag@digest, as e2e/image.sh printed it.
+IMAGE_NAME=${BRIDGE_WORKLOAD_IMAGE%%@*}
+REPOSITORY=${IMAGE_NAME%:*}
+TAG=${IMAGE_NAME##*:}
+DIGEST=${BRIDGE_WORKLOAD_IMAGE#*@}
 
 say() { printf '\n$ %s\n' "$*"; }
 wait_until() { # what, command...
@@ -28,85 +30,72 @@ wait_until() { # what, command...
   until "$@" >/dev/null 2>&1; do
     if [ $SECONDS -ge $deadline ]; then
       echo "demo: timed out after ${BOUND}s waiting for $what" >&2
-      kubectl get et,wi,ec -n "$NS" >&2 || true
-      echo "demo: last lines of $DEMO_DIR/operator.log:" >&2
-      tail -n 20 "$DEMO_DIR/operator.log" >&2 || true
+      kubectl get et,wi,ec,pods -n "$NS" >&2 || true
+      echo "demo: last lines of the operator's log:" >&2
+      kubectl logs -n "$OPERATOR_NS" deploy/omninode-bridge --tail=20 >&2 || true
       exit 1
     fi
     sleep 1
   done
 }
 
-say kubectl get nodes
-kubectl get nodes
+say kubectl get nodes -o wide
+kubectl get nodes -o wide
 say kubectl apply --server-side -f crds/
 kubectl apply --server-side -f crds/
 kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null
-kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 
-cargo build -q --locked -p bridge-operator --bin bridge-operator
-PIDS=()
-trap 'kill "${PIDS[@]}" 2>/dev/null || true' EXIT
-"${CARGO_TARGET_DIR:-target}/debug/bridge-operator" --watch-namespaces "$NS" \
-  --leader-election-namespace "$NS" --identity demo --admin-listen 127.0.0.1:0 \
-  --resync-interval 30s 2>> "$DEMO_DIR/operator.log" &
-PIDS+=($!)
-EVENTS=$DEMO_DIR/events.jsonl
-: > "$EVENTS"
-python3 e2e/event-printer.py --listen "127.0.0.1:$PRINTER_PORT" --out "$EVENTS" >> "$DEMO_DIR/event-printer.log" 2>&1 &
-PIDS+=($!)
+kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+# It watches the demo's namespace only: the tests run operators of their own in theirs.
+say "helm upgrade --install omninode-bridge charts/omninode-bridge -n $OPERATOR_NS --set image.repository=$REPOSITORY --set image.tag=$TAG --set image.digest=$DIGEST ..."
+helm upgrade --install omninode-bridge charts/omninode-bridge -n "$OPERATOR_NS" --create-namespace \
+  --set "image.repository=$REPOSITORY" --set "image.tag=$TAG" --set "image.digest=$DIGEST" \
+  --set "kafka.bootstrapServers=${KAFKA_BOOTSTRAP_SERVERS//,/\\,}" \
+  --set "operator.watchNamespaces={$NS}" --set operator.resyncInterval=30s --wait --timeout "${BOUND}s"
 
 say kubectl apply -n "$NS" -f examples/standard-topics.yaml -f examples/demo/
 kubectl apply --server-side -n "$NS" -f examples/standard-topics.yaml -f examples/demo/github-webhooks.yaml
-sed "s|http://127.0.0.1:18088/|http://127.0.0.1:$PRINTER_PORT/|" examples/demo/event-printer.yaml \
-  | kubectl apply --server-side -n "$NS" -f -
+# The sink runs the demo's event-printer image, pushed beside ours.
+sed "s|image: omninode/event-printer:.*|image: $OMNINODE_REGISTRY/omninode/event-printer:$TAG|" \
+  examples/demo/event-printer.yaml | kubectl apply --server-side -n "$NS" -f -
 ready() { [ "$(kubectl get "$1" -n "$NS" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]; }
 for object in eventtopic/tool-execution-events webhookingress/github eventconsumer/event-printer; do
   wait_until "$object to be Ready" ready "$object"
 done
+kubectl rollout status -n "$NS" deployment/event-printer --timeout="${BOUND}s" >/dev/null
 
-# The receivers, found the way an in-cluster client finds them: the Service's ready
-# endpoints. Each receiver process listens on its Pod IP's loopback twin (198.18.a.b ->
-# 127.18.a.b, see ARCHITECTURE.md), so this traffic never leaves 127.0.0.0/8.
+# The receivers, reached the way a client in the cluster reaches them: the Service's
+# cluster IP (kube-proxy on this machine routes it to a ready receiver Pod).
 SERVICE=$(kubectl get service -n "$NS" -l app.kubernetes.io/name=hook-receiver,app.kubernetes.io/instance=github \
   -o jsonpath='{.items[0].metadata.name}')
-endpoints() {
-  kubectl get endpointslices -n "$NS" -l "kubernetes.io/service-name=$SERVICE" -o json | python3 -c '
-import json, sys
-for s in json.load(sys.stdin)["items"]:
-    port = next(p["port"] for p in s.get("ports") or [] if p.get("name") == "http")
-    for e in s.get("endpoints") or []:
-        if e.get("conditions", {}).get("ready"):
-            print("127." + e["addresses"][0].split(".", 1)[1] + ":" + str(port))'
-}
-has_endpoints() { [ -n "$(endpoints)" ]; }
-wait_until "ready endpoints of Service $SERVICE" has_endpoints
-mapfile -t ADDRESSES < <(endpoints)
+ADDRESS=$(kubectl get service -n "$NS" "$SERVICE" -o jsonpath='{.spec.clusterIP}:{.spec.ports[?(@.name=="http")].port}')
 SECRET=$(kubectl get secret github-webhook -n "$NS" -o jsonpath='{.data.secret}' | base64 -d)
 
-say "curl -X POST http://<receiver endpoint>/github  # $WEBHOOKS signed GitHub webhooks, spread over ${#ADDRESSES[@]} receivers"
+say "curl -X POST http://$ADDRESS/github  # $WEBHOOKS signed GitHub webhooks to Service $SERVICE"
 RUN_ID=$(date +%s)
 DELIVERIES=()
 for i in $(seq 1 "$WEBHOOKS"); do
-  address=${ADDRESSES[$(((i - 1) % ${#ADDRESSES[@]}))]}
   delivery=demo-$RUN_ID-$i
   body="{\"action\":\"opened\",\"number\":$i,\"repository\":{\"full_name\":\"omninode/bridge\"},\"sender\":{\"login\":\"demo\"}}"
   signature=sha256=$(printf '%s' "$body" | openssl dgst -sha256 -hmac "$SECRET" | sed 's/^.* //')
-  printf '  %s -> %s: ' "$delivery" "$address"
-  curl -sS --max-time 10 -X POST "http://$address/github" -H 'Content-Type: application/json' \
+  printf '  %s: ' "$delivery"
+  curl -sS --max-time 10 -X POST "http://$ADDRESS/github" -H 'Content-Type: application/json' \
     -H 'X-GitHub-Event: pull_request' -H "X-GitHub-Delivery: $delivery" \
     -H "X-Hub-Signature-256: $signature" --data-binary "$body" -w ' (HTTP %{http_code})\n'
   DELIVERIES+=("$delivery")
 done
-printf '  a wrong signature -> %s: ' "${ADDRESSES[0]}"
-curl -sS --max-time 10 -X POST "http://${ADDRESSES[0]}/github" -H 'X-GitHub-Event: push' \
+printf '  a wrong signature: '
+curl -sS --max-time 10 -X POST "http://$ADDRESS/github" -H 'X-GitHub-Event: push' \
   -H "X-GitHub-Delivery: demo-$RUN_ID-forged" -H 'X-Hub-Signature-256: sha256=00' --data-binary '{}' \
   -w ' (HTTP %{http_code})\n'
 
+EVENTS=$(mktemp)
+trap 'rm -f "$EVENTS"' EXIT
 delivered() {
+  kubectl logs -n "$NS" deployment/event-printer > "$EVENTS" 2>/dev/null
   python3 - "$EVENTS" "${DELIVERIES[@]}" <<'PY'
 import json, sys
-seen = {json.loads(line)["attributes"].get("id") for line in open(sys.argv[1])}
+seen = {json.loads(line)["attributes"].get("id") for line in open(sys.argv[1]) if line.startswith("{")}
 sys.exit(0 if set(sys.argv[2:]) <= seen else 1)
 PY
 }
@@ -114,18 +103,20 @@ wait_until "the sink to receive the $WEBHOOKS events" delivered
 
 say kubectl get et,wi,ec -n "$NS"
 kubectl get et,wi,ec -n "$NS"
-say "kubectl get pods -n $NS -o wide  # each one a local process, listening on its Pod IP's loopback twin (127.x.y.z)"
+say "kubectl get pods -A -o wide  # containers of our image on the node $(kubectl get nodes -l omninode.io/node=real -o name)"
+kubectl get pods -n "$OPERATOR_NS" -o wide
 kubectl get pods -n "$NS" -o wide
-say "cat $EVENTS  # what the sink received"
+say "kubectl logs -n $NS deploy/event-printer  # what the sink received"
 python3 - "$EVENTS" <<'PY'
 import json, sys
 for line in open(sys.argv[1]):
+    if not line.startswith("{"):
+        continue
     e = json.loads(line)
     a = e["attributes"]
     print(f"  {a.get('type')}  id={a.get('id')}  correlationid={a.get('correlationid')}  "
           f"source={a.get('source')}  traceparent={e.get('traceparent')}")
 PY
 echo
-echo "The stack and the receiver/consumer pods stay up; the operator and the printing sink stop now."
-echo "Logs: $DEMO_DIR/ (operator, event-printer), $RUN_DIR/pods/ (each pod's process)."
+echo "The stack, the operator and the demo's Pods stay up."
 echo "Use the stack with: eval \"\$(e2e/stack.sh env)\"; stop it with: e2e/stack.sh down"

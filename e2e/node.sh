@@ -212,15 +212,24 @@ make_node_pki() {
   kubeconfig_for kube-proxy > "$NODE_DIR/kube-proxy.kubeconfig"
 }
 
+# write_config FILE: stdin into FILE, only when it differs: kube-proxy exits when its
+# configuration file changes under it, and the others would not notice a change anyway.
+write_config() {
+  local new
+  new=$(cat)
+  [ -f "$1" ] && [ "$(cat "$1")" = "$new" ] && return 0
+  printf '%s\n' "$new" > "$1"
+}
+
 write_node_config() {
   mkdir -p "$NODE_DIR/cni/net.d" "$NODE_DIR/certs.d/$REGISTRY" "$NODE_DIR/pod-logs" "$NODE_RUN/containerd"
   # containerd pulls from the stack's registry over plain HTTP on loopback.
-  cat > "$NODE_DIR/certs.d/$REGISTRY/hosts.toml" <<EOF
+  write_config "$NODE_DIR/certs.d/$REGISTRY/hosts.toml" <<EOF
 server = "http://$REGISTRY"
 [host."http://$REGISTRY"]
   capabilities = ["pull", "resolve"]
 EOF
-  cat > "$NODE_DIR/cni/net.d/10-omninode.conflist" <<EOF
+  write_config "$NODE_DIR/cni/net.d/10-omninode.conflist" <<EOF
 {
   "cniVersion": "1.0.0",
   "name": "omninode",
@@ -239,7 +248,7 @@ EOF
 EOF
   # No systemd here (cgroupfs), and no CAP_SYS_RESOURCE: runc may not lower a container's
   # oom_score_adj below its own, so containerd asks for no more than that.
-  cat > "$NODE_DIR/containerd.toml" <<EOF
+  write_config "$NODE_DIR/containerd.toml" <<EOF
 version = 4
 root = "$NODE_DIR/containerd"
 state = "$NODE_RUN/containerd/state"
@@ -277,7 +286,7 @@ state = "$NODE_RUN/containerd/state"
 [plugins."io.containerd.nri.v1.nri"]
   disable = true
 EOF
-  cat > "$NODE_DIR/kubelet.yaml" <<EOF
+  write_config "$NODE_DIR/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 containerRuntimeEndpoint: unix://$CONTAINERD_SOCKET
@@ -310,7 +319,7 @@ evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available:
 imageGCHighThresholdPercent: 99
 imageGCLowThresholdPercent: 98
 EOF
-  cat > "$NODE_DIR/kube-proxy.yaml" <<EOF
+  write_config "$NODE_DIR/kube-proxy.yaml" <<EOF
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 mode: iptables
@@ -333,7 +342,7 @@ conntrack:
   tcpCloseWaitTimeout: 0s
 EOF
   # Cluster names only, answered from the API; anything else is NXDOMAIN, never forwarded.
-  cat > "$NODE_DIR/Corefile" <<EOF
+  write_config "$NODE_DIR/Corefile" <<EOF
 cluster.local:53 in-addr.arpa:53 ip6.arpa:53 {
   bind $NODE_IP
   errors
@@ -425,6 +434,7 @@ node_start_agents() {
   start_kube_proxy
   start_coredns
   wait_until kubelet node_ready
+  wait_until kube-proxy curl -sf --max-time 2 "http://127.0.0.1:$KUBE_PROXY_HEALTHZ_PORT/healthz"
   wait_until coredns dns_answers
 }
 

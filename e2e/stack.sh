@@ -703,7 +703,7 @@ cmd_up() {
   node_up
   # The image builds (cargo, release) while the JVMs and the control plane start.
   log "building and pushing the image (log: $RUN/logs/image.log)"
-  "$E2E/image.sh" "$REGISTRY" > "$RUN/image.new" 2> "$RUN/logs/image.log" &
+  PATH="$RUN/bin:$PATH" "$E2E/image.sh" "$REGISTRY" > "$RUN/image.new" 2> "$RUN/logs/image.log" &
   local image_pid=$!
   # Kafka's JVMs start slowest, so they go first and come up while the control plane does.
   prepare_kafka

@@ -170,18 +170,14 @@ pub fn pinned_kubernetes_version() -> Result<String, StackError> {
         })
 }
 
-/// Where the process of a Pod run by pod-runner listens, and so where a client on this
-/// machine connects for a Pod IP read from the API (an EndpointSlice, `status.podIP`): the
-/// Pod IP with its first octet replaced by 127.
-///
-/// The API server refuses loopback addresses in EndpointSlices (`ValidateEndpointIP`), so
-/// Pod IPs in the API come from 198.18.0.0/15 (RFC 2544 benchmarking: neither routed on
-/// the internet nor a private network), while every byte of traffic stays on
-/// 127.0.0.0/8: 198.18.a.b is served on 127.18.a.b. This mapping stands in for the network
-/// namespace and routes a real node would have; it needs no root and no route.
-pub fn loopback_twin(pod_ip: std::net::Ipv4Addr) -> std::net::Ipv4Addr {
-    let [_, b, c, d] = pod_ip.octets();
-    std::net::Ipv4Addr::new(127, b, c, d)
+/// The address of this machine that Pods on the stack's node reach (`OMNINODE_NODE_IP`,
+/// exported by `e2e/stack.sh env`): a server a test runs for Pods to call (a consumer's
+/// sink) listens there. A Pod's own loopback is its own, so 127.0.0.1 would not do.
+pub fn node_ip() -> Result<std::net::IpAddr, StackError> {
+    let ip = std::env::var("OMNINODE_NODE_IP")
+        .map_err(|_| StackError::MissingEnv("OMNINODE_NODE_IP"))?;
+    ip.parse()
+        .map_err(|_| StackError::MissingEnv("OMNINODE_NODE_IP (an IP address)"))
 }
 
 /// A name no other test run has used: a DNS label (lowercase, digits, dashes) that starts
@@ -284,13 +280,6 @@ impl Drop for TestNamespace {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_pod_ip_is_served_on_its_loopback_twin() {
-        let twin = loopback_twin("198.18.3.7".parse().unwrap());
-        assert_eq!(twin, std::net::Ipv4Addr::new(127, 18, 3, 7));
-        assert!(twin.is_loopback());
-    }
 
     #[test]
     fn unique_names_are_dns_labels_and_differ() {

@@ -1,5 +1,6 @@
 //! The local control plane is a real one: version, storage, controllers, scheduling onto
-//! kwok nodes, garbage collection, CEL admission and RBAC all behave as in a cluster.
+//! kwok nodes (for scale tests, tainted) and the real node, garbage collection, CEL and
+//! Pod Security admission and RBAC all behave as in a cluster.
 
 use std::time::Duration;
 
@@ -80,7 +81,7 @@ async fn namespace_and_configmap_are_stored_and_read_back() {
 }
 
 #[tokio::test]
-async fn deployment_pods_run_on_kwok_nodes_and_are_garbage_collected() {
+async fn deployment_pods_that_tolerate_kwok_run_on_kwok_nodes_and_are_garbage_collected() {
     let client = client().await;
     let ns = TestNamespace::create(&client, "e2e-deploy").await;
     let deployment: Deployment = serde_json::from_value(json!({
@@ -90,7 +91,11 @@ async fn deployment_pods_run_on_kwok_nodes_and_are_garbage_collected() {
             "selector": {"matchLabels": {"app": "web"}},
             "template": {
                 "metadata": {"labels": {"app": "web"}},
-                "spec": {"containers": [{"name": "web", "image": "omninode/placeholder:1"}]}
+                "spec": {
+                    "containers": [{"name": "web", "image": "omninode/placeholder:1"}],
+                    "nodeSelector": {"type": "kwok"},
+                    "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}],
+                }
             }
         }
     }))
@@ -257,4 +262,67 @@ async fn rbac_refuses_a_service_account_without_rights() {
     .await;
     let (code, _) = api_error_code(reader_secrets.list(&ListParams::default()).await);
     assert_eq!(code, 403, "the role grants configmaps only");
+}
+
+#[tokio::test]
+async fn a_pod_with_no_toleration_is_never_scheduled_to_a_kwok_node() {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "e2e-taint").await;
+    // Only kwok nodes match the selector, and they are tainted: the Pod stays Pending.
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "untolerated"},
+        "spec": {
+            "containers": [{"name": "c", "image": "omninode/placeholder:1"}],
+            "nodeSelector": {"type": "kwok"},
+        }
+    }))
+    .unwrap();
+    let pods = api::<Pod>(&ns, &client);
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let message = eventually("the scheduler to report the taint", BOUND, || async {
+        let status = pods.get("untolerated").await.ok()?.status?;
+        let scheduled = status
+            .conditions?
+            .into_iter()
+            .find(|c| c.type_ == "PodScheduled")?;
+        (scheduled.status == "False").then_some(scheduled.message.unwrap_or_default())
+    })
+    .await;
+    assert!(message.contains("untolerated taint"), "{message}");
+}
+
+#[tokio::test]
+async fn a_pod_that_breaks_the_restricted_level_is_refused_in_a_restricted_namespace() {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "e2e-psa").await;
+    let namespaces = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone());
+    let label =
+        json!({"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}});
+    namespaces
+        .patch(
+            &ns.name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&label),
+        )
+        .await
+        .unwrap();
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "privileged"},
+        "spec": {"containers": [{
+            "name": "c", "image": "omninode/placeholder:1",
+            "securityContext": {"privileged": true},
+        }]}
+    }))
+    .unwrap();
+    let (code, message) = api_error_code(
+        api::<Pod>(&ns, &client)
+            .create(&PostParams::default(), &pod)
+            .await,
+    );
+    assert_eq!(code, 403, "{message}");
+    assert!(
+        message.contains("violates PodSecurity \"restricted:latest\"")
+            && message.contains("privileged"),
+        "{message}"
+    );
 }

@@ -1078,7 +1078,7 @@ mod tests {
     }
 
     #[test]
-    fn the_deployment_follows_the_pod_runner_conventions() {
+    fn the_deployment_runs_hook_receiver_from_the_workload_image_with_its_probes_and_mounts() {
         let plan = plan_of(&github(), b"x", false);
         let deployment = plan.deployment;
         assert_eq!(deployment.metadata.name.as_deref(), Some("github-receiver"));

@@ -96,8 +96,7 @@ fn replicas(deployment: &Deployment) -> Option<i32> {
 }
 
 /// Produces `count` keyed CloudEvents (binary mode) to `topic` and waits for every
-/// acknowledgement; returns their ids. Valid events matter when consumers really run (the pod-runner): an
-/// invalid record would be skipped and committed, one the sink does not take is not.
+/// acknowledgement; returns their ids. Valid events matter when consumers really run: an invalid record would be skipped and committed, one the sink does not take is not.
 async fn produce(topic: &str, count: usize) -> Vec<String> {
     let mut ids = Vec::with_capacity(count);
     let producer: FutureProducer = Stack::from_env().unwrap().kafka_config().create().unwrap();
@@ -636,8 +635,8 @@ async fn a_paused_consumer_gets_the_paused_condition_and_nothing_else() {
     );
 }
 
-/// A tiny HTTP sink on 127.0.0.1 that answers 200 to every request and counts the
-/// requests per `ce-id`: what the consumers (run as processes by the pod-runner) delivered.
+/// A tiny HTTP sink on the node's address that answers 200 to every request and counts the
+/// requests per `ce-id`: what the consumers (containers on the stack's node) delivered.
 struct RecordingSink {
     address: std::net::SocketAddr,
     ids: Arc<Mutex<HashMap<String, usize>>>,
@@ -645,7 +644,9 @@ struct RecordingSink {
 
 impl RecordingSink {
     async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind((bridge_e2e::node_ip().unwrap(), 0))
+            .await
+            .unwrap();
         let address = listener.local_addr().unwrap();
         let ids: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
         let recorded = ids.clone();
@@ -739,7 +740,7 @@ async fn running_replicas_become_ready_deliver_to_the_sink_and_deliver_again_aft
     .await;
 
     // Ready needs the pods' /readyz, which answers once the group assigned partitions:
-    // only real event-consumer processes (the stack's pod-runner) get there.
+    // only real event-consumer containers get there.
     let consumer = wait_consumer(&consumers, "deliverer", "2 ready replicas, Ready", |c| {
         c.status.as_ref().and_then(|s| s.ready_replicas) == Some(2)
             && ready(c).is_some_and(|(s, r, _)| s == "True" && r == "Running")

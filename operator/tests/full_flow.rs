@@ -1,8 +1,9 @@
 //! The whole flow on the local stack, as a user sets it up: EventTopics, a Secret, a
 //! WebhookIngress with GitHub auth and an EventConsumer, all reconciled by the operator
-//! running as a process. The receiver and consumer pods run as real processes (the stack's
-//! pod-runner) configured from the objects the operator wrote; webhooks reach the receivers
-//! through the Service's EndpointSlices, and a test HTTP server is the consumer's sink.
+//! running as a process. The receiver and consumer Pods run on the stack's node as real
+//! containers of the product's image, configured from the objects the operator wrote;
+//! webhooks reach the receivers through the Service's EndpointSlices, and a test HTTP
+//! server on the node's address is the consumer's sink.
 
 mod support;
 
@@ -31,7 +32,8 @@ struct Delivered {
     body: serde_json::Value,
 }
 
-/// An HTTP sink on 127.0.0.1 that records every request and answers 204.
+/// An HTTP sink on the node's address (where the consumer Pods reach this machine) that
+/// records every request and answers 204.
 struct Sink {
     address: SocketAddr,
     received: Arc<Mutex<Vec<Delivered>>>,
@@ -56,7 +58,9 @@ impl Sink {
                 }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind((bridge_e2e::node_ip().unwrap(), 0))
+            .await
+            .unwrap();
         let address = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         Self { address, received }
@@ -125,7 +129,7 @@ async fn wait_consumer_ready(api: &Api<EventConsumer>, name: &str, replicas: i32
     .await
 }
 
-/// Where the running, ready pods of one workload listen: their Pod IPs' loopback twins.
+/// Where the running, ready pods of one workload listen: their Pod IPs.
 async fn ready_pod_ips(
     client: &kube::Client,
     ns: &str,
@@ -148,8 +152,7 @@ async fn ready_pod_ips(
                 .iter()
                 .flatten()
                 .any(|c| c.type_ == "Ready" && c.status == "True");
-            let pod_ip = status.pod_ip?.parse().ok()?;
-            ready.then_some(bridge_e2e::loopback_twin(pod_ip).to_string())
+            ready.then_some(status.pod_ip?)
         })
         .collect();
     ips.sort();

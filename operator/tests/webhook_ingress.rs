@@ -615,8 +615,7 @@ async fn with_nothing_changed_a_reconcile_writes_nothing() {
     .await;
 }
 
-/// Needs the stack's pod-runner (it runs the receiver pods as processes) and a built
-/// `hook-receiver` in cargo's target dir (`cargo build -p hook-receiver`).
+/// The receivers run on the stack's node, from the image `e2e/stack.sh up` pushed.
 #[tokio::test]
 async fn the_receivers_become_ready_and_a_signed_webhook_lands_on_the_kafka_topic() {
     let f = Fixture::start("wi-flow").await;

@@ -2,8 +2,7 @@
 //! it is told so by name, and once it exists the receiver's Pod mounts it, reads its
 //! librdkafka properties through `kafka.propertiesFile`, and publishes.
 //!
-//! Needs the stack's pod-runner (it runs the receiver pods as processes, Secret volumes
-//! included) and a built `hook-receiver` in cargo's target dir (`cargo build -p hook-receiver`).
+//! The receiver Pod runs on the stack's node, and its kubelet mounts the Secret.
 
 mod support;
 

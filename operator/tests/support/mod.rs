@@ -278,8 +278,8 @@ pub fn github_signature(secret: &str, body: &[u8]) -> String {
 }
 
 /// The ready endpoints of a Service's port `port_name`, read from its EndpointSlices as an
-/// in-cluster client (kube-proxy) would use them, as `address:port` to connect to: each
-/// Pod IP's loopback twin, where pod-runner's process listens (`bridge_e2e::loopback_twin`).
+/// in-cluster client (kube-proxy) would use them, as `pod-ip:port` to connect to (this
+/// machine routes the node's Pod range to its Pods).
 pub async fn ready_endpoints(
     client: &kube::Client,
     namespace: &str,
@@ -316,11 +316,7 @@ pub async fn ready_endpoints(
                 .unwrap_or(false);
             if ready {
                 for address in endpoint.addresses {
-                    let Ok(pod_ip) = address.parse() else {
-                        continue;
-                    };
-                    let twin = bridge_e2e::loopback_twin(pod_ip);
-                    endpoints.insert(format!("{twin}:{port}"));
+                    endpoints.insert(format!("{address}:{port}"));
                 }
             }
         }

@@ -1,0 +1,216 @@
+//! What the stack's kubelet enforces on the receivers the operator runs: the restricted
+//! security context (user 65532, a read-only root filesystem, the spool the only place it
+//! can write) and the liveness probe that restarts a wedged receiver. The checks look at
+//! the container's process from this machine, as the kubelet left it (`crictl inspect`
+//! for its PID, `/proc`), since the image has no shell to ask from inside.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use bridge_api::{EventTopic, WebhookIngress};
+use bridge_e2e::{Stack, TestNamespace, eventually, unique_name};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::json;
+use support::{BOUND, Operator, create, event_topic, wait_ready};
+
+/// A one-replica GitHub WebhookIngress, Ready, in a namespace of its own.
+struct Receiver {
+    ns: TestNamespace,
+    _operator: Operator,
+    pods: Api<Pod>,
+}
+
+impl Receiver {
+    async fn start(prefix: &str) -> Self {
+        let client = Stack::from_env().unwrap().kube_client().await;
+        let ns = TestNamespace::create(&client, prefix).await;
+        let operator = Operator::start(&[&ns.name]).await;
+        let topics: Api<EventTopic> = Api::namespaced(client.clone(), &ns.name);
+        let topic = unique_name("node");
+        create(
+            &topics,
+            &event_topic("node", json!({"topicName": topic, "partitions": 1})),
+        )
+        .await;
+        wait_ready(&topics, "node", "True", "TopicReady").await;
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+        let secret: Secret = serde_json::from_value(
+            json!({"metadata": {"name": "github"}, "stringData": {"secret": "s3cret"}}),
+        )
+        .unwrap();
+        secrets
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
+        let ingresses: Api<WebhookIngress> = Api::namespaced(client.clone(), &ns.name);
+        let ingress: WebhookIngress = serde_json::from_value(json!({
+            "apiVersion": "bridge.omninode.io/v1alpha1",
+            "kind": "WebhookIngress",
+            "metadata": {"name": "github"},
+            "spec": {"replicas": 1, "routes": [{
+                "name": "github", "path": "/github", "topic": "node",
+                "auth": {"github": {"secretRef": {"name": "github"}}},
+            }]},
+        }))
+        .unwrap();
+        ingresses
+            .create(&PostParams::default(), &ingress)
+            .await
+            .unwrap();
+        eventually("one ready receiver and Ready=True", BOUND, || async {
+            let status = ingresses.get("github").await.ok()?.status?;
+            let ready = bridge_api::find_condition(&status.conditions, "Ready")?;
+            (ready.status == "True" && status.ready_replicas == Some(1)).then_some(())
+        })
+        .await;
+        Self {
+            pods: Api::namespaced(client, &ns.name),
+            ns,
+            _operator: operator,
+        }
+    }
+
+    /// The receiver Pod that is running now, with its restart count.
+    async fn running_pod(&self) -> (String, i32) {
+        eventually("a running receiver Pod", BOUND, || async {
+            let pods = self
+                .pods
+                .list(&ListParams::default().labels("app.kubernetes.io/name=hook-receiver"))
+                .await
+                .ok()?;
+            pods.into_iter().find_map(|pod| {
+                let status = pod.status?;
+                let container = status.container_statuses?.into_iter().next()?;
+                container.state?.running?;
+                Some((pod.metadata.name?, container.restart_count))
+            })
+        })
+        .await
+    }
+
+    /// The host PID of the receiver container's process, as containerd reports it.
+    fn container_pid(&self, pod: &str) -> u32 {
+        let ids = crictl(&[
+            "ps",
+            "-q",
+            "--state",
+            "running",
+            "--label",
+            &format!("io.kubernetes.pod.namespace={}", self.ns.name),
+            "--label",
+            &format!("io.kubernetes.pod.name={pod}"),
+            "--name",
+            "hook-receiver",
+        ]);
+        let id = ids
+            .lines()
+            .next()
+            .expect("a running hook-receiver container");
+        let inspect: serde_json::Value =
+            serde_json::from_str(&crictl(&["inspect", "-o", "json", id])).unwrap();
+        inspect["info"]["pid"]
+            .as_u64()
+            .expect("the container's pid") as u32
+    }
+}
+
+fn crictl(args: &[&str]) -> String {
+    let runtime = "unix:///run/omninode-bridge/containerd/containerd.sock";
+    let output = Command::new("crictl")
+        .args(["--runtime-endpoint", runtime])
+        .args(args)
+        .output()
+        .expect("crictl runs (the stack's bin directory is on PATH)");
+    assert!(
+        output.status.success(),
+        "crictl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Writes `path` as user and group 65532 (the receiver's own identity); the error text
+/// when the write is refused.
+fn write_as_receiver_user(path: &str) -> Result<(), String> {
+    let output = Command::new("setpriv")
+        .args(["--reuid=65532", "--regid=65532", "--clear-groups", "--"])
+        .args(["sh", "-c", "echo probe > \"$1\"", "sh", path])
+        .output()
+        .expect("setpriv runs");
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+#[tokio::test]
+async fn the_receiver_runs_as_65532_and_writes_only_to_its_spool() {
+    let receiver = Receiver::start("node-sec").await;
+    let (pod, _) = receiver.running_pod().await;
+    let pid = receiver.container_pid(&pod);
+
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let ids = |field: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .unwrap()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids("Uid:"), ["65532"; 4], "{status}");
+    assert_eq!(ids("Gid:"), ["65532"; 4], "{status}");
+    let capabilities = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .unwrap()
+        .trim();
+    assert_eq!(capabilities, "0000000000000000", "no capabilities left");
+
+    let root = format!("/proc/{pid}/root");
+    let refused = write_as_receiver_user(&format!("{root}/usr/local/bin/planted"))
+        .expect_err("the root filesystem is read-only");
+    assert!(refused.contains("Read-only file system"), "{refused}");
+    let refused = write_as_receiver_user(&format!("{root}/tmp-planted"))
+        .expect_err("the root filesystem is read-only");
+    assert!(refused.contains("Read-only file system"), "{refused}");
+    write_as_receiver_user(&format!("{root}/var/spool/hook-receiver/probe"))
+        .expect("the spool volume is writable by the receiver");
+}
+
+#[tokio::test]
+async fn a_wedged_receiver_is_restarted_by_its_liveness_probe() {
+    let receiver = Receiver::start("node-live").await;
+    let (pod, restarts) = receiver.running_pod().await;
+    let pid = receiver.container_pid(&pod);
+
+    // A process that no longer runs answers no probe: SIGSTOP wedges it as a deadlock would.
+    let stopped = Command::new("kill")
+        .args(["-STOP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+
+    // Three failed probes 10 s apart, then the grace period the stopped process cannot use.
+    let bound = Duration::from_secs(150);
+    eventually(
+        "the kubelet to restart the wedged receiver",
+        bound,
+        || async {
+            let pod = receiver.pods.get(&pod).await.ok()?;
+            let container = pod.status?.container_statuses?.into_iter().next()?;
+            (container.restart_count > restarts && container.state?.running.is_some()).then_some(())
+        },
+    )
+    .await;
+    assert_ne!(
+        receiver.container_pid(&pod),
+        pid,
+        "a new process serves the Pod"
+    );
+}

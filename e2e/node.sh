@@ -472,19 +472,22 @@ node_down() {
 }
 
 # kubelet's own chains (KUBE-FIREWALL, KUBE-KUBELET-CANARY, ...) and anything of
-# kube-proxy's that --cleanup left: jumps to them first, then the chains.
+# kube-proxy's that --cleanup left, IPv4 and IPv6: the jumps to them from the built-in chains first (by
+# rule number, highest first, since their comments do not survive word splitting), then
+# the chains themselves.
 iptables_remove_kube_chains() {
-  local table chain rule
-  for table in filter nat mangle; do
-    iptables -t "$table" -S 2>/dev/null | grep -E '^-A .* -j KUBE-' | while IFS= read -r rule; do
-      # shellcheck disable=SC2086 # the rule is a list of words
-      iptables -t "$table" ${rule/-A/-D} 2>/dev/null || true
-    done
-    for chain in $(iptables -t "$table" -S 2>/dev/null | sed -n 's/^-N \(KUBE-[^ ]*\)$/\1/p'); do
-      iptables -t "$table" -F "$chain" 2>/dev/null || true
-    done
-    for chain in $(iptables -t "$table" -S 2>/dev/null | sed -n 's/^-N \(KUBE-[^ ]*\)$/\1/p'); do
-      iptables -t "$table" -X "$chain" 2>/dev/null || true
+  local tool table chain number chains
+  for tool in iptables ip6tables; do
+    for table in filter nat mangle; do
+      for chain in $("$tool" -t "$table" -S 2>/dev/null | sed -n 's/^-P \([A-Z]*\) .*/\1/p'); do
+        for number in $("$tool" -t "$table" -L "$chain" -n --line-numbers 2>/dev/null |
+          awk '$2 ~ /^KUBE-/ {print $1}' | sort -rn); do
+          "$tool" -t "$table" -D "$chain" "$number" 2>/dev/null || true
+        done
+      done
+      chains=$("$tool" -t "$table" -S 2>/dev/null | sed -n 's/^-N \(KUBE-[^ ]*\)$/\1/p')
+      for chain in $chains; do "$tool" -t "$table" -F "$chain" 2>/dev/null || true; done
+      for chain in $chains; do "$tool" -t "$table" -X "$chain" 2>/dev/null || true; done
     done
   done
 }

@@ -253,14 +253,9 @@ async fn renders_the_config_map_and_a_deployment_owned_by_the_object() {
     let pod = template.spec.as_ref().unwrap();
     let container = &pod.containers[0];
     assert_eq!(container.name, "event-consumer");
-    assert!(
-        container
-            .image
-            .as_deref()
-            .unwrap()
-            .starts_with("omninode/bridge:"),
-        "{:?}",
-        container.image
+    assert_eq!(
+        container.image.as_deref(),
+        Some(support::workload_image().as_str())
     );
     assert_eq!(
         container.command.as_deref(),

@@ -243,16 +243,18 @@ async fn webhooks_flow_through_receivers_and_kafka_to_the_sink_and_status_tells_
     );
     wait_consumer_ready(&consumers, "deliver", 1).await;
 
-    // Two receiver processes, each on its pod IP, reached through the EndpointSlices.
+    // Two receiver containers, each on its Pod IP, reached through the EndpointSlices.
     let endpoints = eventually("two ready receiver endpoints", BOUND, || async {
         let endpoints = ready_endpoints(&client, &ns.name, "github-receiver", "http").await;
         (endpoints.len() == 2).then_some(endpoints)
     })
     .await;
+    let pod_ips = ready_pod_ips(&client, &ns.name, "hook-receiver", "github").await;
     for endpoint in &endpoints {
+        let (ip, _) = endpoint.rsplit_once(':').unwrap();
         assert!(
-            endpoint.starts_with("127."),
-            "{endpoint} is not on loopback"
+            pod_ips.iter().any(|p| p == ip),
+            "{endpoint} is not a ready receiver Pod's IP ({pod_ips:?})"
         );
     }
 

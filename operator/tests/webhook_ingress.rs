@@ -202,11 +202,6 @@ fn github_spec(secret: &str, topics: &[(&str, &str)]) -> serde_json::Value {
     json!({"replicas": 2, "routes": routes})
 }
 
-fn expected_image() -> String {
-    std::env::var("BRIDGE_WORKLOAD_IMAGE")
-        .unwrap_or_else(|_| concat!("omninode/bridge:", env!("CARGO_PKG_VERSION")).to_owned())
-}
-
 #[tokio::test]
 async fn a_webhook_ingress_becomes_a_configured_receiver_with_service_pdb_and_ingress() {
     let f = Fixture::start("wi-render").await;
@@ -251,7 +246,10 @@ async fn a_webhook_ingress_becomes_a_configured_receiver_with_service_pdb_and_in
     let pod = spec.template.spec.as_ref().unwrap();
     let container = &pod.containers[0];
     assert_eq!(container.name, "hook-receiver");
-    assert_eq!(container.image.as_deref(), Some(expected_image().as_str()));
+    assert_eq!(
+        container.image.as_deref(),
+        Some(support::workload_image().as_str())
+    );
     assert_eq!(
         container.args.as_deref(),
         Some(

@@ -132,6 +132,13 @@ fn free_address() -> SocketAddr {
     listener.local_addr().unwrap()
 }
 
+/// The image the operator under test runs its workloads from: the one `e2e/stack.sh up`
+/// pushed (`BRIDGE_WORKLOAD_IMAGE`, which the operator reads too), else its default.
+pub fn workload_image() -> String {
+    std::env::var("BRIDGE_WORKLOAD_IMAGE")
+        .unwrap_or_else(|_| concat!("omninode/bridge:", env!("CARGO_PKG_VERSION")).to_owned())
+}
+
 pub fn event_topic(name: &str, spec: serde_json::Value) -> EventTopic {
     serde_json::from_value(serde_json::json!({
         "apiVersion": "bridge.omninode.io/v1alpha1",

@@ -253,10 +253,11 @@ version = 4
 root = "$NODE_DIR/containerd"
 state = "$NODE_RUN/containerd/state"
 
-[grpc]
+# Sockets of its own, not the host's default /run/containerd.
+[plugins."io.containerd.server.v1.grpc"]
   address = "$CONTAINERD_SOCKET"
 
-[ttrpc]
+[plugins."io.containerd.server.v1.ttrpc"]
   address = "$NODE_RUN/containerd/ttrpc.sock"
 
 [plugins."io.containerd.cri.v1.images"]
@@ -496,7 +497,7 @@ iptables_remove_kube_chains() {
 # bind mount of its own root, netns pins, overlay root filesystems).
 node_unmount_all() {
   local m
-  awk '{print $5}' /proc/self/mountinfo | grep -E "^($NODE_DIR|$NODE_RUN|/run/containerd|/var/lib/kubelet)(/|$)" |
+  awk '{print $5}' /proc/self/mountinfo | { grep -E "^($NODE_DIR|$NODE_RUN|/run/containerd|/var/lib/kubelet)(/|$)" || true; } |
     sort -r | while IFS= read -r m; do umount -l "$m" 2>/dev/null || true; done
 }
 

@@ -1,6 +1,7 @@
 //! What the stack's kubelet enforces on the receivers the operator runs: the restricted
 //! security context (user 65532, a read-only root filesystem, the spool the only place it
-//! can write) and the liveness probe that restarts a wedged receiver. The checks look at
+//! can write), the liveness probe that restarts a wedged receiver, and a rollout onto a new
+//! image. The checks look at
 //! the container's process from this machine, as the kubelet left it (`crictl inspect`
 //! for its PID, `/proc`), since the image has no shell to ask from inside.
 
@@ -19,7 +20,7 @@ use support::{BOUND, Operator, create, event_topic, wait_ready};
 /// A one-replica GitHub WebhookIngress, Ready, in a namespace of its own.
 struct Receiver {
     ns: TestNamespace,
-    _operator: Operator,
+    operator: Operator,
     pods: Api<Pod>,
 }
 
@@ -69,7 +70,7 @@ impl Receiver {
         Self {
             pods: Api::namespaced(client, &ns.name),
             ns,
-            _operator: operator,
+            operator,
         }
     }
 
@@ -89,6 +90,12 @@ impl Receiver {
             })
         })
         .await
+    }
+
+    /// Replaces the operator with one started with `extra_args`, as an upgrade does.
+    async fn restart_operator_with(&mut self, extra_args: &[&str]) {
+        self.operator.kill();
+        self.operator = Operator::start_with(&[&self.ns.name], extra_args).await;
     }
 
     /// The host PID of the receiver container's process, as containerd reports it.
@@ -213,4 +220,56 @@ async fn a_wedged_receiver_is_restarted_by_its_liveness_probe() {
         pid,
         "a new process serves the Pod"
     );
+}
+
+#[tokio::test]
+async fn a_new_workload_image_rolls_the_receivers_onto_it() {
+    let mut receiver = Receiver::start("node-roll").await;
+    let (old_pod, _) = receiver.running_pod().await;
+    // The same image by its digest alone: a new reference, as an upgrade's new tag is.
+    let image = support::workload_image();
+    let (name, digest) = image
+        .split_once('@')
+        .expect("e2e/stack.sh env names the image with its digest");
+    let repository = name.rsplit_once(':').map_or(name, |(r, _)| r);
+    let by_digest = format!("{repository}@{digest}");
+    receiver
+        .restart_operator_with(&["--workload-image", &by_digest])
+        .await;
+
+    let new_pod = eventually(
+        "a Ready receiver Pod running the new reference",
+        BOUND,
+        || async {
+            let pods = receiver
+                .pods
+                .list(&ListParams::default().labels("app.kubernetes.io/name=hook-receiver"))
+                .await
+                .ok()?;
+            pods.into_iter().find_map(|pod| {
+                let image = pod.spec.as_ref()?.containers.first()?.image.clone()?;
+                let ready = pod
+                    .status
+                    .as_ref()?
+                    .conditions
+                    .iter()
+                    .flatten()
+                    .any(|c| c.type_ == "Ready" && c.status == "True");
+                (ready && image == by_digest && pod.metadata.deletion_timestamp.is_none())
+                    .then_some(pod.metadata.name?)
+            })
+        },
+    )
+    .await;
+    assert_ne!(new_pod, old_pod);
+    eventually("the old receiver Pod to be gone", BOUND, || async {
+        receiver
+            .pods
+            .get_opt(&old_pod)
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
 }

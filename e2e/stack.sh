@@ -755,6 +755,8 @@ cmd_env() {
     # Where Pods reach the host (the API server, Kafka, a test's own servers), and the
     # image the operator's workloads run.
     printf 'export OMNINODE_NODE_IP=%q\nexport OMNINODE_REGISTRY=%q\n' "$NODE_IP" "$REGISTRY"
+    # crictl reads it: the node's containerd, not the host's default socket.
+    printf 'export CONTAINER_RUNTIME_ENDPOINT=%q\n' "unix://$CONTAINERD_SOCKET"
     [ -f "$RUN/image" ] && printf 'export BRIDGE_WORKLOAD_IMAGE=%q\n' "$(cat "$RUN/image")"
     printf 'export KAFKA_SSL_BOOTSTRAP_SERVERS=%q\nexport KAFKA_SSL_CA_FILE=%q\n' \
       "$(kafka_ssl_bootstrap)" "$PKI/ca.crt"

@@ -8,27 +8,7 @@ use bridge_api::EventTopic;
 use bridge_e2e::{Stack, TestNamespace, unique_name};
 use kube::api::Api;
 use serde_json::json;
-use support::{Broker, Operator, create, event_topic, wait_ready};
-
-/// Starts every broker again when dropped, so a failing test leaves Kafka up for the next.
-struct BrokersDown(Stack);
-
-impl BrokersDown {
-    fn stop_all(stack: Stack) -> Self {
-        stack
-            .kafka_stop_brokers(&[1, 2, 3])
-            .expect("brokers stopped");
-        Self(stack)
-    }
-}
-
-impl Drop for BrokersDown {
-    fn drop(&mut self) {
-        if let Err(error) = self.0.kafka_start_brokers(&[1, 2, 3]) {
-            eprintln!("restarting the brokers: {error}");
-        }
-    }
-}
+use support::{Broker, BrokersDown, Operator, create, event_topic, wait_ready};
 
 #[tokio::test]
 async fn kafka_outage_is_reported_and_the_operator_recovers_without_restarting() {

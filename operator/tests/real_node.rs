@@ -124,10 +124,9 @@ impl Receiver {
     }
 }
 
+/// crictl against the node's containerd (`CONTAINER_RUNTIME_ENDPOINT`, from `stack.sh env`).
 fn crictl(args: &[&str]) -> String {
-    let runtime = "unix:///run/omninode-bridge/containerd/containerd.sock";
     let output = Command::new("crictl")
-        .args(["--runtime-endpoint", runtime])
         .args(args)
         .output()
         .expect("crictl runs (the stack's bin directory is on PATH)");

@@ -11,18 +11,7 @@ use bridge_e2e::{Stack, TestNamespace, eventually, unique_name};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
-use support::{BOUND, Operator, create, event_topic, ready_endpoints, wait_ready};
-
-/// Starts every broker again when dropped, so a failing test leaves Kafka up for the next.
-struct BrokersDown(Stack);
-
-impl Drop for BrokersDown {
-    fn drop(&mut self) {
-        if let Err(error) = self.0.kafka_start_brokers(&[1, 2, 3]) {
-            eprintln!("restarting the brokers: {error}");
-        }
-    }
-}
+use support::{BOUND, BrokersDown, Operator, create, event_topic, ready_endpoints, wait_ready};
 
 /// Whether the Pod's Ready condition is True.
 async fn pod_ready(pods: &Api<Pod>, name: &str) -> Option<bool> {
@@ -92,10 +81,7 @@ async fn a_full_spool_takes_its_receiver_out_of_the_service_until_kafka_is_back(
     let full_pod = pod_of(full).await;
     let roomy_pod = pod_of(roomy).await;
 
-    let outage = BrokersDown(stack.clone());
-    stack
-        .kafka_stop_brokers(&[1, 2, 3])
-        .expect("brokers stopped");
+    let outage = BrokersDown::stop_all(stack.clone());
     let http = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(30))
         .build()

@@ -174,6 +174,27 @@ pub fn condition(
     bridge_api::find_condition(&topic.status.as_ref()?.conditions, type_).cloned()
 }
 
+/// Every broker stopped; started again when dropped, so a failing test leaves Kafka up for
+/// the next.
+pub struct BrokersDown(Stack);
+
+impl BrokersDown {
+    pub fn stop_all(stack: Stack) -> Self {
+        stack
+            .kafka_stop_brokers(&[1, 2, 3])
+            .expect("brokers stopped");
+        Self(stack)
+    }
+}
+
+impl Drop for BrokersDown {
+    fn drop(&mut self) {
+        if let Err(error) = self.0.kafka_start_brokers(&[1, 2, 3]) {
+            eprintln!("restarting the brokers: {error}");
+        }
+    }
+}
+
 /// A Kafka topic as the broker reports it: partitions, replication factor, and the configs
 /// set on the topic itself.
 #[derive(Debug, Clone, PartialEq)]

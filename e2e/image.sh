@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # The product's container images, built without Docker, and pushed to a registry:
 #
-#   e2e/image.sh HOST:PORT     build omninode/bridge, omninode/event-printer and omninode/pause,
-#                              push them over plain HTTP (a loopback registry), print the
-#                              bridge image reference
+#   e2e/image.sh HOST:PORT     build omninode/bridge, omninode/event-printer, omninode/pause and
+#                              omninode/busybox, push them over plain HTTP (a loopback
+#                              registry), print the bridge image reference, then busybox's
 #
 # omninode/bridge holds bridge-operator, hook-receiver and event-consumer in /usr/local/bin
 # and only the runtime files they need, taken from the Debian 12 packages pinned in
 # e2e/image/packages.txt: the dynamic loader and the shared libraries the binaries link, the
 # CA bundle, a passwd and group with root and nonroot (65532). No shell, no package manager.
-# It is tagged <version> and <version>-<short commit>; the second, with the digest, is what
-# this prints on stdout (the only thing it prints there; logs go to stderr), e.g.
+# It is tagged <version> and <version>-<short commit>; the second, with the digest, is the
+# first line this prints on stdout (logs go to stderr), e.g.
 # 127.0.0.1:5000/omninode/bridge:0.1.0-abc1234@sha256:...: a build with uncommitted changes
 # keeps the commit's tag, and the digest is what tells a node it must pull again.
 #
@@ -20,7 +20,14 @@
 # omninode/pause is containerd's sandbox image (there is none offline): e2e/image/pause.c,
 # static, as the image's only file. Tagged 3.10-omninode.
 #
-# Both are reproducible: from the same commit and the same release binaries (and the same
+# omninode/busybox is the stack's volume helper (local-path-provisioner's helper Pods make
+# and remove volume directories with it, and tests write into volumes with it): the static
+# busybox of the pinned Debian package busybox-static and links for the few applets those
+# scripts run, user 65532 by default. Tagged with the package's version (no epoch, `+` as
+# `-`: a tag allows neither), e.g. 1.35.0-4-deb12u1-b1; its reference with the digest is the
+# second line on stdout. Never part of the product.
+#
+# All are reproducible: from the same commit and the same release binaries (and the same
 # tar, gzip and gcc with its static libc) the same image digest. Layers are tarred in name order with one timestamp, root ownership and normalized
 # modes, gzip stores no name or time, and the image config and manifest are written here
 # (crane append/mutate would stamp the build time into `created` and the history) and
@@ -47,6 +54,11 @@ PAUSE_NAME=omninode/pause
 # Fixed, not versioned with the product: the node's containerd config names it as its sandbox
 # image (e2e/node.sh). It stands in for upstream's pause 3.10.
 PAUSE_TAG=3.10-omninode
+BUSYBOX_NAME=omninode/busybox
+# The pin the busybox image is made of, not a runtime file of the others.
+BUSYBOX_PACKAGE=busybox-static
+# What the volume helper's setup and teardown scripts and the tests' writers run.
+BUSYBOX_APPLETS=(sh mkdir rm chmod cat ls sleep)
 # Every lib directory of the multiarch layout: the loader searches these without an
 # ld.so.cache, and the pinned packages put their libraries there.
 LIB_DIRS=(lib/x86_64-linux-gnu usr/lib/x86_64-linux-gnu)
@@ -156,14 +168,19 @@ fetch_deb() {
 # maintainer scripts): the pool the runtime layer takes its files from.
 PKGROOT=$WORK/packages
 PACKAGES=()
+BUSYBOX_VERSION=
 mkdir -p "$PKGROOT"
 while IFS='=' read -r name version; do
   [ -n "$version" ] || die "e2e/image/packages.txt: '$name' has no =version"
   deb=$(fetch_deb "$name" "$version")
   dpkg-deb -x "$deb" "$PKGROOT"
   PACKAGES+=("$name")
+  [ "$name" != "$BUSYBOX_PACKAGE" ] || BUSYBOX_VERSION=$version
 done < <(read_pins)
 [ ${#PACKAGES[@]} -gt 0 ] || die "e2e/image/packages.txt pins no package"
+[ -n "$BUSYBOX_VERSION" ] || die "e2e/image/packages.txt pins no $BUSYBOX_PACKAGE (the volume helper image's busybox)"
+BUSYBOX_TAG=${BUSYBOX_VERSION#*:}
+BUSYBOX_TAG=${BUSYBOX_TAG//+/-}
 
 # ---- the runtime layer: loader, libraries, CA bundle, users ------------------------------
 
@@ -254,6 +271,7 @@ EOF
 # binaries they cover. A few kilobytes; no other documentation. (libgcc-s1's is a symlink
 # into gcc-12-base, which is not pinned: the GCC runtime exception asks for no notice.)
 for name in "${PACKAGES[@]}"; do
+  [ "$name" != "$BUSYBOX_PACKAGE" ] || continue
   if [ -f "$PKGROOT/usr/share/doc/$name/copyright" ]; then
     mkdir -p "$BASE/usr/share/doc/$name"
     cp "$PKGROOT/usr/share/doc/$name/copyright" "$BASE/usr/share/doc/$name/"
@@ -280,6 +298,15 @@ mkdir -p "$PAUSE"
 # machine's paths ends up in it.
 gcc -static -Os -s -Wall -Wextra -Werror -o "$PAUSE/pause" "$IMAGE_INPUTS/pause.c" >&2 ||
   die "gcc -static failed to build pause (is libc6-dev installed?)"
+
+# ---- busybox (the volume helper) ---------------------------------------------------------
+
+BUSYBOX=$WORK/busybox-root
+mkdir -p "$BUSYBOX/bin" "$BUSYBOX/usr/share/doc/$BUSYBOX_PACKAGE"
+cp "$PKGROOT/bin/busybox" "$BUSYBOX/bin/"
+for applet in "${BUSYBOX_APPLETS[@]}"; do ln -s busybox "$BUSYBOX/bin/$applet"; done
+# busybox is GPL-2: its copyright file travels with it.
+cp "$PKGROOT/usr/share/doc/$BUSYBOX_PACKAGE/copyright" "$BUSYBOX/usr/share/doc/$BUSYBOX_PACKAGE/"
 
 # ---- layers and images -------------------------------------------------------------------
 
@@ -370,6 +397,12 @@ pause_digest=$(write_image "$PAUSE_LAYOUT" "$INPUTS_EPOCH" \
   '"User":"65535:65535","Entrypoint":["/pause"],"WorkingDir":"/"' \
   "$pause_layer e2e/image.sh: /pause from e2e/image/pause.c")
 
+BUSYBOX_LAYOUT=$WORK/busybox.oci
+busybox_layer=$(write_layer "$BUSYBOX" "$INPUTS_EPOCH" "$BUSYBOX_LAYOUT")
+busybox_digest=$(write_image "$BUSYBOX_LAYOUT" "$INPUTS_EPOCH" \
+  '"User":"65532:65532","Env":["PATH=/bin"],"Entrypoint":["/bin/sh"],"WorkingDir":"/"' \
+  "$busybox_layer e2e/image.sh: /bin/busybox from $BUSYBOX_PACKAGE=$BUSYBOX_VERSION; ${BUSYBOX_APPLETS[*]}")
+
 read -r _ _ base_size <<< "$base_layer"
 read -r _ _ bins_size <<< "$bins_layer"
 log "built $BRIDGE_NAME $bridge_digest ($(( (base_size + bins_size) / 1024 )) KiB compressed) and $PAUSE_NAME $pause_digest in $((SECONDS - started))s"
@@ -395,5 +428,7 @@ push() {
 push "$BRIDGE_LAYOUT" "$bridge_digest" "$BRIDGE_NAME" "$VERSION-$SHORT" "$VERSION"
 push "$PRINTER_LAYOUT" "$printer_digest" "$PRINTER_NAME" "$VERSION-$SHORT"
 push "$PAUSE_LAYOUT" "$pause_digest" "$PAUSE_NAME" "$PAUSE_TAG"
+push "$BUSYBOX_LAYOUT" "$busybox_digest" "$BUSYBOX_NAME" "$BUSYBOX_TAG"
 
-printf '%s\n' "$REGISTRY/$BRIDGE_NAME:$VERSION-$SHORT@$bridge_digest"
+printf '%s\n' "$REGISTRY/$BRIDGE_NAME:$VERSION-$SHORT@$bridge_digest" \
+  "$REGISTRY/$BUSYBOX_NAME:$BUSYBOX_TAG@$busybox_digest"

@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # The stack's real node, sourced by e2e/stack.sh: containerd with runc and the CNI
-# plugins, kubelet, kube-proxy, CoreDNS and the image registry our Pods pull from.
+# plugins, kubelet, kube-proxy, CoreDNS, the image registry our Pods pull from and
+# local-path-provisioner, which gives claims of the default StorageClass a directory here.
 #
 # Pods cannot reach the host's 127.0.0.1 (their loopback is their own), so the stack puts
 # one host address, NODE_IP, on an interface of its own and serves the API server, Kafka,
@@ -44,6 +45,7 @@ CNI_PLUGINS_VERSION=1.10.0
 CRANE_VERSION=0.22.1
 COREDNS_VERSION=1.15.0
 CRI_TOOLS_VERSION=1.36.0
+LOCAL_PATH_PROVISIONER_VERSION=0.0.30
 
 KUBELET_DIR=$CACHE/kubelet-$K8S_VERSION
 CONTAINERD_DIR=$CACHE/containerd-$CONTAINERD_VERSION
@@ -52,10 +54,21 @@ CNI_DIR=$CACHE/cni-plugins-$CNI_PLUGINS_VERSION
 CRANE_DIR=$CACHE/crane-$CRANE_VERSION
 COREDNS_DIR=$CACHE/coredns-$COREDNS_VERSION
 CRI_TOOLS_DIR=$CACHE/cri-tools-$CRI_TOOLS_VERSION
+LOCAL_PATH_DIR=$CACHE/local-path-provisioner-$LOCAL_PATH_PROVISIONER_VERSION
 
 REGISTRY_PORT=$((15000 + P))
 REGISTRY=127.0.0.1:$REGISTRY_PORT
 PAUSE_IMAGE=$REGISTRY/omninode/pause:3.10-omninode
+
+# Dynamic volumes: local-path-provisioner makes each claim of the StorageClass local-path
+# (the default) a directory under LOCAL_PATH_DATA, through helper Pods in its namespace.
+LOCAL_PATH_NAMESPACE=local-path-storage
+LOCAL_PATH_PROVISIONER_NAME=rancher.io/local-path
+LOCAL_PATH_DATA=$NODE_DIR/local-path
+# The provisioner's identity: a user of the stack's CA, granted what upstream's manifest
+# grants its ServiceAccount. The ServiceAccount still exists: the helper Pods name it.
+LOCAL_PATH_USER=omninode:local-path-provisioner
+LOCAL_PATH_SERVICE_ACCOUNT=local-path-provisioner-service-account
 
 # --- builds --------------------------------------------------------------------------
 
@@ -118,6 +131,12 @@ build_coredns() {
 build_cri_tools() {
   go_env
   go_install "$CRI_TOOLS_DIR" "sigs.k8s.io/cri-tools/cmd/crictl@v$CRI_TOOLS_VERSION"
+}
+
+# The provisioner runs as a process of the stack, like CoreDNS: no image of its own to build.
+build_local_path_provisioner() {
+  go_env
+  go_install "$LOCAL_PATH_DIR" "github.com/rancher/local-path-provisioner@v$LOCAL_PATH_PROVISIONER_VERSION"
 }
 
 # --- host ----------------------------------------------------------------------------
@@ -390,6 +409,169 @@ start_coredns() {
   start coredns "$COREDNS_DIR/bin/coredns" -conf "$NODE_DIR/Corefile"
 }
 
+# --- dynamic volumes -----------------------------------------------------------------
+
+# local-path-provisioner's client identity: a certificate of its own, with its own guard,
+# so that adding it to a running stack leaves the node's certificates alone.
+make_local_path_identity() {
+  [ "$PKI/local-path-provisioner.crt" -nt "$PKI/ca.crt" ] && [ -f "$NODE_DIR/local-path-provisioner.kubeconfig" ] && return 0
+  (cd "$PKI" && client_cert local-path-provisioner "/CN=$LOCAL_PATH_USER") >> "$RUN/logs/pki.log" 2>&1 ||
+    fail_with_log "pki generation for local-path-provisioner failed"
+  kubeconfig_for local-path-provisioner > "$NODE_DIR/local-path-provisioner.kubeconfig"
+}
+
+# local_path_manifest HELPER_IMAGE: what the provisioner needs in the cluster, after
+# upstream's deploy/local-path-storage.yaml: its namespace, RBAC (bound to the stack's
+# user instead of the ServiceAccount it would run as), the ConfigMap it reads its
+# configuration and helper Pod from, and the default StorageClass.
+#
+# Only the real node is in nodePathMap: the provisioner binds its helper Pods to the
+# claim's node itself (spec.nodeName, tolerating every taint), so a claim on a kwok node
+# must fail here rather than "succeed" in a fake Pod. The helper runs as root (it makes the
+# directory in one root owns, and removes what the workload wrote), mode 0777 so that the
+# workload writes as whatever user it runs as (the receivers: 65532). Its hostPath volume
+# is beyond the baseline Pod Security level, so the namespace says privileged outright.
+local_path_manifest() {
+  local helper_image=$1
+  cat <<EOF
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: $LOCAL_PATH_NAMESPACE
+  labels:
+    pod-security.kubernetes.io/enforce: privileged
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: $LOCAL_PATH_SERVICE_ACCOUNT
+  namespace: $LOCAL_PATH_NAMESPACE
+automountServiceAccountToken: false
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: local-path-provisioner-role
+rules:
+- apiGroups: [""]
+  resources: [nodes, persistentvolumeclaims, configmaps, pods, pods/log]
+  verbs: [get, list, watch]
+- apiGroups: [""]
+  resources: [persistentvolumes]
+  verbs: [get, list, watch, create, patch, update, delete]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create, patch]
+- apiGroups: [storage.k8s.io]
+  resources: [storageclasses]
+  verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: local-path-provisioner-bind
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: local-path-provisioner-role}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: "$LOCAL_PATH_USER"}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata:
+  name: local-path-provisioner-role
+  namespace: $LOCAL_PATH_NAMESPACE
+rules:
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch, create, patch, update, delete]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: local-path-provisioner-bind
+  namespace: $LOCAL_PATH_NAMESPACE
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: local-path-provisioner-role}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: "$LOCAL_PATH_USER"}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: local-path-config
+  namespace: $LOCAL_PATH_NAMESPACE
+data:
+  config.json: |-
+    {"nodePathMap": [{"node": "$NODE_NAME", "paths": ["$LOCAL_PATH_DATA"]}]}
+  setup: |-
+    #!/bin/sh
+    set -eu
+    mkdir -m 0777 -p "\$VOL_DIR"
+  teardown: |-
+    #!/bin/sh
+    set -eu
+    rm -rf "\$VOL_DIR"
+  helperPod.yaml: |-
+    apiVersion: v1
+    kind: Pod
+    metadata:
+      name: helper-pod
+    spec:
+      automountServiceAccountToken: false
+      containers:
+      - name: helper-pod
+        image: $helper_image
+        securityContext:
+          runAsUser: 0
+          runAsGroup: 0
+          allowPrivilegeEscalation: false
+          readOnlyRootFilesystem: true
+          capabilities: {drop: [ALL], add: [DAC_OVERRIDE, FOWNER]}
+---
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: local-path
+  annotations:
+    storageclass.kubernetes.io/is-default-class: "true"
+provisioner: $LOCAL_PATH_PROVISIONER_NAME
+volumeBindingMode: WaitForFirstConsumer
+reclaimPolicy: Delete
+EOF
+}
+
+# Applies the manifest at every `up` (it repairs what was changed by hand) and starts the
+# provisioner. It reads the ConfigMap once, at start: a running one is restarted when the
+# manifest changed (a new helper image, say).
+start_local_path_provisioner() { # helper image
+  local dir=$RUN/local-path
+  mkdir -p "$dir"
+  make_local_path_identity
+  local_path_manifest "$1" > "$dir/manifest.yaml.new"
+  kubectl_ apply -f "$dir/manifest.yaml.new" > /dev/null
+  if ! cmp -s "$dir/manifest.yaml.new" "$dir/manifest.yaml"; then
+    mv "$dir/manifest.yaml.new" "$dir/manifest.yaml"
+    if is_running local-path-provisioner; then
+      log "local-path-provisioner's configuration changed; restarting it"
+      stop local-path-provisioner
+    fi
+  else
+    rm -f "$dir/manifest.yaml.new"
+  fi
+  is_running local-path-provisioner && return 0
+  # Readiness is a line in its log: only what this start writes counts.
+  stat -c %s "$RUN/logs/local-path-provisioner.log" > "$dir/log-offset" 2>/dev/null || echo 0 > "$dir/log-offset"
+  # --helper-image is required, though v0.0.30 takes the helper's image from helperPod.yaml.
+  start local-path-provisioner "$LOCAL_PATH_DIR/bin/local-path-provisioner" start \
+    --kubeconfig "$NODE_DIR/local-path-provisioner.kubeconfig" \
+    --provisioner-name "$LOCAL_PATH_PROVISIONER_NAME" --namespace "$LOCAL_PATH_NAMESPACE" \
+    --configmap-name local-path-config --service-account-name "$LOCAL_PATH_SERVICE_ACCOUNT" \
+    --helper-image "$1"
+}
+
+local_path_provisioner_started() {
+  tail -c "+$(($(cat "$RUN/local-path/log-offset") + 1))" "$RUN/logs/local-path-provisioner.log" |
+    grep -q 'Started provisioner controller'
+}
+
 crictl_() { "$CRI_TOOLS_DIR/bin/crictl" --runtime-endpoint "unix://$CONTAINERD_SOCKET" --timeout 20s "$@"; }
 
 node_ready() {
@@ -443,9 +625,11 @@ node_start_agents() {
 
 # Removes every Pod sandbox through the CRI (containerd stops the containers, calls CNI DEL
 # and unmounts their network namespaces), then stops the node's processes and undoes what
-# the node changed on the host.
+# the node changed on the host; the volumes' directories go too.
 node_down() {
   node_owned_here || return 0
+  # Before the kubelet: no helper Pod started that none would run.
+  stop local-path-provisioner
   stop kubelet
   if is_running containerd && [ -x "$CRI_TOOLS_DIR/bin/crictl" ]; then
     local sandboxes
@@ -461,6 +645,8 @@ node_down() {
   fi
   iptables_remove_kube_chains
   node_unmount_all
+  # The claims' data: their PersistentVolumes stay in etcd and come back empty.
+  rm -rf "$LOCAL_PATH_DATA"
   ip link del "$NODE_BRIDGE" 2>/dev/null || true
   ip link del "$NODE_INTERFACE" 2>/dev/null || true
   cgroups_remove kubepods

@@ -2,7 +2,7 @@
 # The local stack every test, benchmark and the demo runs on: a real single-node Kubernetes
 # cluster (etcd, kube-apiserver, kube-controller-manager, kube-scheduler; a node with
 # containerd, runc, kubelet, kube-proxy and CoreDNS; the registry our image is pulled
-# from), kwok's fake nodes for scale tests, and three Apache Kafka brokers in KRaft mode,
+# from; local-path-provisioner behind the default StorageClass), kwok's fake nodes for scale tests, and three Apache Kafka brokers in KRaft mode,
 # all built from the package registries and all on this machine. The node needs root.
 #
 #   e2e/stack.sh up            build what is missing (cached), start everything, wait until ready
@@ -14,7 +14,8 @@
 #   e2e/stack.sh build         only build / fetch the components into the cache
 #
 # `up` also builds the product's image (e2e/image.sh) and pushes it to the stack's
-# registry: the operator's Pods run it on the node as real containers.
+# registry: the operator's Pods run it on the node as real containers. The volume
+# helper's busybox image comes from the same script.
 #
 # Builds are cached under ~/.cache/omninode-bridge/<component>-<version>/ (override with
 # OMNINODE_CACHE_DIR); run data, pids and logs live in one run directory, target/stack in
@@ -209,7 +210,8 @@ fetch_kafka() {
 build_all() {
   check_prerequisites
   mkdir -p "$CACHE/logs"
-  local names=(kubernetes etcd kwok helm kafka containerd runc cni_plugins crane coredns cri_tools) pids=() failed=0
+  local names=(kubernetes etcd kwok helm kafka containerd runc cni_plugins crane coredns cri_tools
+    local_path_provisioner) pids=() failed=0
   for name in "${names[@]}"; do
     local fn=build_$name
     [ "$name" = kafka ] && fn=fetch_kafka
@@ -252,6 +254,7 @@ is_built() {
     crane) [ -d "$CRANE_DIR/bin" ] ;;
     coredns) [ -d "$COREDNS_DIR/bin" ] ;;
     cri_tools) [ -d "$CRI_TOOLS_DIR/bin" ] ;;
+    local_path_provisioner) [ -d "$LOCAL_PATH_DIR/bin" ] ;;
   esac
 }
 
@@ -740,8 +743,14 @@ cmd_up() {
     tail -n 30 "$RUN/logs/image.log" >&2
     exit 1
   fi
-  mv "$RUN/image.new" "$RUN/image"
+  # Its first line is the product's image, its second the volume helper's.
+  sed -n 1p "$RUN/image.new" > "$RUN/image"
+  sed -n 2p "$RUN/image.new" > "$RUN/helper-image"
+  rm -f "$RUN/image.new"
   log "image $(cat "$RUN/image")"
+  # Its helper Pods need the helper's image in the registry.
+  start_local_path_provisioner "$(cat "$RUN/helper-image")"
+  wait_until local-path-provisioner local_path_provisioner_started
   log "stack up in $((SECONDS - t0)) s: Kubernetes v$K8S_VERSION at https://$NODE_IP:$APISERVER_PORT, Kafka $KAFKA_VERSION at $(kafka_bootstrap)"
   log "use it with: eval \"\$(e2e/stack.sh env)\""
 }
@@ -758,6 +767,8 @@ cmd_env() {
     # crictl reads it: the node's containerd, not the host's default socket.
     printf 'export CONTAINER_RUNTIME_ENDPOINT=%q\n' "unix://$CONTAINERD_SOCKET"
     [ -f "$RUN/image" ] && printf 'export BRIDGE_WORKLOAD_IMAGE=%q\n' "$(cat "$RUN/image")"
+    # busybox (sh, cat, ...), which the volume helper runs: for tests that need a shell.
+    [ -f "$RUN/helper-image" ] && printf 'export OMNINODE_BUSYBOX_IMAGE=%q\n' "$(cat "$RUN/helper-image")"
     printf 'export KAFKA_SSL_BOOTSTRAP_SERVERS=%q\nexport KAFKA_SSL_CA_FILE=%q\n' \
       "$(kafka_ssl_bootstrap)" "$PKI/ca.crt"
   fi
@@ -778,6 +789,7 @@ component_up() {
     kubelet) is_running kubelet && node_ready ;;
     kube-proxy) is_running kube-proxy && curl -sf --max-time 2 "http://127.0.0.1:$KUBE_PROXY_HEALTHZ_PORT/healthz" ;;
     coredns) is_running coredns && dns_answers ;;
+    local-path-provisioner) is_running local-path-provisioner && kubectl_ get storageclass local-path ;;
     kafka-*-ssl)
       local n=${1#kafka-}
       n=${n%-ssl}
@@ -788,7 +800,7 @@ component_up() {
 }
 
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler registry containerd kubelet kube-proxy
-  coredns kwok kafka-1 kafka-2 kafka-3 kafka-1-ssl kafka-2-ssl kafka-3-ssl)
+  coredns local-path-provisioner kwok kafka-1 kafka-2 kafka-3 kafka-1-ssl kafka-2-ssl kafka-3-ssl)
 
 # A listener absent because its broker predates it is said so, and fails nothing: `up`
 # does not restart running brokers, so such a stack is as up as `up` leaves it.

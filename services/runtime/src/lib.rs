@@ -94,9 +94,21 @@ pub async fn serve_admin(
     readiness: Readiness,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<impl Future<Output = std::io::Result<()>>> {
+    serve_admin_with(listen, registry, readiness, Router::new(), shutdown).await
+}
+
+/// [`serve_admin`] with routes of the binary's own (e.g. the receiver's `/spool`) merged
+/// beside the three common ones; `extra` must not repeat their paths.
+pub async fn serve_admin_with(
+    listen: SocketAddr,
+    registry: Arc<Registry>,
+    readiness: Readiness,
+    extra: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<impl Future<Output = std::io::Result<()>>> {
     let listener = TcpListener::bind(listen).await?;
     tracing::info!(address = %listener.local_addr()?, "admin server listening");
-    let router = admin_router(registry, readiness);
+    let router = admin_router(registry, readiness).merge(extra);
     Ok(async move {
         axum::serve(listener, router)
             .with_graceful_shutdown(shutdown)

@@ -1,4 +1,5 @@
-//! `hook-receiver --config FILE`: reads the config, runs the receiver until SIGTERM, exits 0.
+//! `hook-receiver --config FILE [--drain]`: reads the config, then runs the receiver until
+//! SIGTERM (exit 0), or with `--drain` empties the spool into Kafka and exits.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,6 +17,14 @@ struct Args {
     /// The YAML config file (see the crate's README for every field).
     #[arg(long)]
     config: PathBuf,
+    /// Serve no webhooks: drain the spool into Kafka, then exit 0 (waits for the spool's
+    /// lock and through Kafka outages; SIGTERM leaves the rest in the spool).
+    #[arg(long)]
+    drain: bool,
+    /// Where `--drain` writes its outcome, if the file exists and is writable (Kubernetes
+    /// shows it as the container's termination message).
+    #[arg(long, default_value = "/dev/termination-log")]
+    termination_log: PathBuf,
 }
 
 // One runtime thread. A request crosses from the connection to librdkafka's threads and
@@ -32,6 +41,12 @@ async fn main() -> ExitCode {
         Ok(config) => config,
         Err(error) => {
             eprintln!("hook-receiver: {error}");
+            if args.drain {
+                hook_receiver::write_termination_message(
+                    &args.termination_log,
+                    &format!("hook-receiver --drain: {error}"),
+                );
+            }
             return ExitCode::from(2);
         }
     };
@@ -40,12 +55,20 @@ async fn main() -> ExitCode {
     let shutdown = async move {
         let _ = shutdown.await;
     };
+    if args.drain {
+        return match hook_receiver::drain_only(config, &args.termination_log, shutdown).await {
+            Ok(drained) => ExitCode::from(drained.exit_code()),
+            Err(error) => failed(error),
+        };
+    }
     match hook_receiver::run(config, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!(%error, "hook-receiver stopped");
-            eprintln!("hook-receiver: {error}");
-            ExitCode::FAILURE
-        }
+        Err(error) => failed(error),
     }
+}
+
+fn failed(error: hook_receiver::Error) -> ExitCode {
+    tracing::error!(%error, "hook-receiver stopped");
+    eprintln!("hook-receiver: {error}");
+    ExitCode::FAILURE
 }

@@ -22,7 +22,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::breaker::{Breaker, BreakerState};
 use crate::metrics::Metrics;
@@ -256,6 +256,8 @@ pub struct Publisher {
     state: Mutex<State>,
     publish_timeout: Duration,
     drain_wakeup: tokio::sync::Notify,
+    /// Whether the mode is `Spooling`: what [`Publisher::until_drained`] waits on.
+    spooling: watch::Sender<bool>,
     metrics: Metrics,
 }
 
@@ -316,8 +318,18 @@ impl Publisher {
             }),
             publish_timeout,
             drain_wakeup: tokio::sync::Notify::new(),
+            spooling: watch::Sender::new(mode == Mode::Spooling),
             metrics,
         })
+    }
+
+    /// Returns once the drainer has emptied the spool and publishing is direct again:
+    /// every spooled record is then acknowledged by Kafka (the drain awaits each batch's
+    /// deliveries before it looks for the next). At once when nothing is spooled.
+    pub async fn until_drained(&self) {
+        let mut spooling = self.spooling.subscribe();
+        // The sender lives as long as `self`, so this only ends with the condition met.
+        let _ = spooling.wait_for(|spooling| !*spooling).await;
     }
 
     pub fn producer(&self) -> &EventProducer {
@@ -482,6 +494,7 @@ impl Publisher {
         if state.mode == Mode::Direct {
             tracing::info!(waiting = state.waiting.len(), "switching to the spool");
             state.mode = Mode::Spooling;
+            self.spooling.send_replace(true);
         }
         for (sequence, waiting) in std::mem::take(&mut state.waiting) {
             let ack = self.writer.append(&self.spool, &waiting.record);
@@ -573,6 +586,7 @@ impl Publisher {
                     if drained {
                         tracing::info!("the spool is drained; publishing directly again");
                         state.mode = Mode::Direct;
+                        self.spooling.send_replace(false);
                         // Left only if a spool write failed (the sender had a 503).
                         state.taken_meanwhile.clear();
                     }

@@ -2,8 +2,9 @@
 //! records framed with length and CRC, fsynced before the sender gets its 2xx, drained in
 //! order. Recovery keeps every whole record and cuts a torn tail, so a crash never loops.
 //!
-//! Layout: `segment-<20-digit id>.log` files, oldest first, and `drain.checkpoint` naming the
-//! position up to which records are known to be in Kafka. A frame is
+//! Layout: `segment-<20-digit id>.log` files, oldest first, `drain.checkpoint` naming the
+//! position up to which records are known to be in Kafka, and `spool.lock`, locked by the
+//! one process that owns the spool. A frame is
 //! `[payload length: u32 LE][CRC-32 of payload: u32 LE][payload]`.
 
 use std::collections::BTreeMap;
@@ -12,6 +13,7 @@ use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -21,6 +23,12 @@ const FRAME_HEADER_BYTES: u64 = 8;
 /// Larger lengths can only come from a torn or corrupt frame.
 const MAX_PAYLOAD_BYTES: u32 = 256 << 20;
 const CHECKPOINT: &str = "drain.checkpoint";
+/// Locked (`flock`, exclusive) for as long as a process has the spool open.
+pub const LOCK_FILE: &str = "spool.lock";
+/// How often an open retries a lock another process holds.
+const LOCK_RETRY: Duration = Duration::from_secs(1);
+/// Free space the filesystem keeps beyond the frame being written; see [`room_on_filesystem`].
+pub const FILESYSTEM_RESERVE_BYTES: u64 = 1 << 20;
 /// How many appends one fsync covers at most (group commit).
 const MAX_GROUP: usize = 1024;
 
@@ -103,6 +111,9 @@ pub struct SpoolFull {
     pub max_bytes: u64,
     /// The smallest frame refused since the spool last had room.
     pub refused_bytes: u64,
+    /// Bytes free on the filesystem holding the spool, when that (not `max_bytes`) refused
+    /// the frame.
+    pub filesystem_free: Option<u64>,
 }
 
 impl std::fmt::Display for SpoolFull {
@@ -111,7 +122,14 @@ impl std::fmt::Display for SpoolFull {
             f,
             "{} of {} bytes used, a {}-byte event does not fit",
             self.used_bytes, self.max_bytes, self.refused_bytes
-        )
+        )?;
+        if let Some(free) = self.filesystem_free {
+            write!(
+                f,
+                " (the filesystem holding the spool has {free} bytes free, and {FILESYSTEM_RESERVE_BYTES} stay in reserve)"
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -135,6 +153,8 @@ struct State {
     writing: bool,
     /// The smallest frame refused for lack of room since the spool last had room for it.
     refused: Option<u64>,
+    /// Free bytes on the filesystem at the last refusal, when the filesystem refused.
+    refused_by_filesystem: Option<u64>,
 }
 
 pub struct Spool {
@@ -147,6 +167,10 @@ pub struct Spool {
     /// Whether the spool is full (see `SpoolFull`); changes are what readiness follows.
     full: watch::Sender<bool>,
     metrics: Metrics,
+    /// Bytes the filesystem holding `dir` has free (statvfs; a fake in tests).
+    filesystem_free: fn(&Path) -> std::io::Result<u64>,
+    /// Holds `spool.lock` for the life of the spool: one process per spool.
+    _lock: File,
 }
 
 struct Append {
@@ -188,15 +212,99 @@ fn io_error(context: &str, error: std::io::Error) -> SpoolError {
     SpoolError::Io(format!("{context}: {error}"))
 }
 
+/// Whether the filesystem can take `bytes` more (the frames being written) and still keep
+/// `FILESYSTEM_RESERVE_BYTES` free. The reserve is room for what is written besides frames
+/// (the drain checkpoint and its temporary copy, a new segment's inode, directory entry and
+/// extent blocks, the last partial block of each file); frames are counted exactly, so a
+/// segment never grows by a frame this refused. Refusing here turns a write that would
+/// fail (ENOSPC) half-way through a frame into a 503 before anything is written.
+pub fn room_on_filesystem(free_bytes: u64, bytes: u64) -> bool {
+    bytes.saturating_add(FILESYSTEM_RESERVE_BYTES) <= free_bytes
+}
+
+/// Bytes an unprivileged writer may still use on the filesystem holding `dir`
+/// (`f_bavail * f_frsize`: root's reserved blocks are not counted on).
+fn statvfs_free(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a NUL-terminated string that outlives the call, and `stat` points to
+    // writable memory of the struct's size; it is read only after statvfs reported success,
+    // which means it filled the struct in.
+    let stat = unsafe {
+        if libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        stat.assume_init()
+    };
+    #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
+    Ok((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+}
+
+/// Takes the spool's lock, waiting as long as another process holds it (a Pod still
+/// terminating, a drain Job). While it waits, `keep_waiting` is asked before each retry;
+/// `false` gives up with `ErrorKind::Interrupted`.
+fn lock_spool(dir: &Path, mut keep_waiting: impl FnMut(&Path) -> bool) -> std::io::Result<File> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)?;
+    let mut waited = false;
+    let started = std::time::Instant::now();
+    loop {
+        match file.try_lock() {
+            Ok(()) => break,
+            Err(std::fs::TryLockError::WouldBlock) => {
+                if !std::mem::replace(&mut waited, true) {
+                    tracing::warn!(
+                        lock = %path.display(),
+                        "another process has this spool open (a receiver still stopping, or a drain); waiting until it lets go"
+                    );
+                }
+                if !keep_waiting(&path) {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::Interrupted,
+                        format!("stopped while waiting for the lock on {}", path.display()),
+                    ));
+                }
+                std::thread::sleep(LOCK_RETRY);
+            }
+            Err(std::fs::TryLockError::Error(error)) => return Err(error),
+        }
+    }
+    if waited {
+        tracing::info!(lock = %path.display(), waited = ?started.elapsed(), "took the spool's lock");
+    }
+    Ok(file)
+}
+
 impl Spool {
-    /// Opens the spool in `dir`, recovering what an earlier process left there.
+    /// Opens the spool in `dir`, recovering what an earlier process left there. Waits
+    /// while another process has it open, and holds it until dropped.
     pub fn open(
         dir: &Path,
         max_bytes: u64,
         segment_bytes: u64,
         metrics: Metrics,
     ) -> std::io::Result<(Self, Recovery)> {
+        Self::open_waiting(dir, max_bytes, segment_bytes, metrics, |_| true)
+    }
+
+    /// [`Spool::open`], asking `keep_waiting` (with the lock file's path) before each retry
+    /// while another process holds the lock; `false` gives up (`ErrorKind::Interrupted`).
+    /// A blocking call: run it off the async runtime.
+    pub fn open_waiting(
+        dir: &Path,
+        max_bytes: u64,
+        segment_bytes: u64,
+        metrics: Metrics,
+        keep_waiting: impl FnMut(&Path) -> bool,
+    ) -> std::io::Result<(Self, Recovery)> {
         std::fs::create_dir_all(dir)?;
+        let lock = lock_spool(dir, keep_waiting)?;
         let mut ids: Vec<u64> = std::fs::read_dir(dir)?
             .filter_map(|entry| entry.ok())
             .filter_map(|entry| {
@@ -273,10 +381,13 @@ impl Spool {
                 next_segment,
                 writing: false,
                 refused: None,
+                refused_by_filesystem: None,
             }),
             pending: AtomicU64::new(0),
             full: watch::Sender::new(false),
             metrics,
+            filesystem_free: statvfs_free,
+            _lock: lock,
         };
         spool.update_gauges(&spool.lock());
         Ok((spool, recovery))
@@ -305,6 +416,28 @@ impl Spool {
         self.lock().undrained_records
     }
 
+    /// Records not yet in Kafka, and bytes of segment files on disk.
+    pub fn usage(&self) -> (u64, u64) {
+        let state = self.lock();
+        (state.undrained_records, state.segments.values().sum())
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Free bytes on the filesystem, or `None` (logged) when statvfs fails: then only
+    /// `max_bytes` limits the spool, and a failing write answers 503 as before.
+    fn free_on_filesystem(&self) -> Option<u64> {
+        match (self.filesystem_free)(&self.dir) {
+            Ok(free) => Some(free),
+            Err(error) => {
+                tracing::warn!(dir = %self.dir.display(), %error, "cannot ask the filesystem for its free space");
+                None
+            }
+        }
+    }
+
     /// `Some` while the spool refuses events for lack of room (see `SpoolFull`).
     pub fn full(&self) -> Option<SpoolFull> {
         let state = self.lock();
@@ -312,6 +445,7 @@ impl Spool {
             used_bytes: state.segments.values().sum(),
             max_bytes: self.max_bytes,
             refused_bytes,
+            filesystem_free: state.refused_by_filesystem,
         })
     }
 
@@ -327,8 +461,12 @@ impl Spool {
             state.refused = Some(state.refused.map_or(size, |earlier| earlier.min(size)));
         } else if let Some(refused) = state.refused {
             let used: u64 = state.segments.values().sum();
-            if used + refused <= self.max_bytes {
+            let filesystem = self
+                .free_on_filesystem()
+                .is_none_or(|free| room_on_filesystem(free, refused));
+            if used + refused <= self.max_bytes && filesystem {
                 state.refused = None;
+                state.refused_by_filesystem = None;
             }
         }
         let full = state.refused.is_some();
@@ -376,6 +514,8 @@ impl Spool {
         let count = group.len() as u64;
         let mut accepted = Vec::with_capacity(group.len());
         let mut bytes = Vec::new();
+        // Once per group: the group is one write, so its frames are counted together.
+        let free = self.free_on_filesystem();
         let prepared = {
             let mut state = self.lock();
             let mut on_disk: u64 = state.segments.values().sum();
@@ -383,7 +523,13 @@ impl Spool {
             let mut smallest_refused: Option<u64> = None;
             for append in group {
                 let size = append.frame.len() as u64;
-                if on_disk + size > self.max_bytes {
+                let over_budget = on_disk + size > self.max_bytes;
+                let filesystem_short =
+                    free.is_some_and(|free| !room_on_filesystem(free, bytes.len() as u64 + size));
+                if over_budget || filesystem_short {
+                    if filesystem_short && !over_budget {
+                        state.refused_by_filesystem = free;
+                    }
                     smallest_refused = Some(smallest_refused.map_or(size, |r| r.min(size)));
                     refused.push(append.done);
                     continue;
@@ -838,6 +984,7 @@ mod tests {
                 used_bytes: frame_len * 3,
                 max_bytes: frame_len * 3,
                 refused_bytes: frame_len,
+                filesystem_free: None,
             })
         );
         let batch = spool.read_batch(10, u64::MAX);
@@ -850,5 +997,78 @@ mod tests {
         let again = append_all(&spool, &writer, &[record("k", 9)]).await;
         assert_eq!(again, vec![Ok(())]);
         assert_eq!(spool.undrained_records(), 1);
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_spool_waits_until_the_first_lets_go() {
+        let dir = temp_dir("lock");
+        let (first, _) = Spool::open(&dir, 1 << 20, 1 << 20, Metrics::default()).unwrap();
+        let (told, waited) = std::sync::mpsc::channel();
+        let second = std::thread::spawn({
+            let dir = dir.clone();
+            move || {
+                Spool::open_waiting(&dir, 1 << 20, 1 << 20, Metrics::default(), |lock| {
+                    let _ = told.send(lock.to_owned());
+                    true
+                })
+                .map(|_| ())
+            }
+        });
+        let lock = waited.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(lock, dir.join(LOCK_FILE));
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(
+            !second.is_finished(),
+            "the second open waits while the first holds the spool"
+        );
+
+        drop(first);
+        second.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn the_filesystem_must_keep_the_reserve_after_the_frame() {
+        let frame = 1000;
+        assert!(room_on_filesystem(FILESYSTEM_RESERVE_BYTES + frame, frame));
+        assert!(!room_on_filesystem(
+            FILESYSTEM_RESERVE_BYTES + frame - 1,
+            frame
+        ));
+        assert!(!room_on_filesystem(FILESYSTEM_RESERVE_BYTES, 1));
+        assert!(!room_on_filesystem(0, 0));
+        assert!(!room_on_filesystem(u64::MAX - 1, u64::MAX), "no overflow");
+    }
+
+    /// A spool far from `maxBytes` on a filesystem short of room refuses with `Full` (the
+    /// sender's 503), writes nothing, and says why; it takes events again once there is room.
+    #[tokio::test]
+    async fn a_filesystem_short_of_room_refuses_appends_before_anything_is_written() {
+        static FREE: AtomicU64 = AtomicU64::new(0);
+        let dir = temp_dir("filesystem");
+        let (mut spool, _) = Spool::open(&dir, 1 << 30, 1 << 20, Metrics::default()).unwrap();
+        spool.filesystem_free = |_| Ok(FREE.load(Ordering::SeqCst));
+        let spool = Arc::new(spool);
+        let writer = spool.start_writer();
+        let frame_len = record("k", 0).encode().len() as u64;
+        FREE.store(FILESYSTEM_RESERVE_BYTES + frame_len - 1, Ordering::SeqCst);
+
+        let refused = append_all(&spool, &writer, &[record("k", 0)]).await;
+        assert_eq!(refused, vec![Err(SpoolError::Full)]);
+        let full = spool.full().expect("marked full");
+        assert_eq!(
+            full.filesystem_free,
+            Some(FILESYSTEM_RESERVE_BYTES + frame_len - 1)
+        );
+        assert!(
+            full.to_string()
+                .contains("the filesystem holding the spool has"),
+            "{full}"
+        );
+        assert_eq!(spool.usage(), (0, 0), "nothing was written");
+
+        FREE.store(FILESYSTEM_RESERVE_BYTES + frame_len, Ordering::SeqCst);
+        let again = append_all(&spool, &writer, &[record("k", 1)]).await;
+        assert_eq!(again, vec![Ok(())]);
+        assert_eq!(spool.usage().0, 1);
     }
 }

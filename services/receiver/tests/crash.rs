@@ -12,48 +12,12 @@ use std::time::Duration;
 
 use common::*;
 
-const ROUTE: &str = "  - name: steps\n    path: /steps\n    topic: {topic}\n    eventType: {value: workflow.step}\n    correlationId: {header: X-Workflow}\n    auth: {bearer: {secretFile: {secret}}}\n";
-
-/// A receiver with one bearer-token route to `topic`, whose Kafka is a port nothing listens
-/// on, so every event it acknowledges is spooled; and the same config pointed at the
-/// stack's brokers, to restart it with.
-async fn spooling_receiver(
-    stack: &bridge_e2e::Stack,
-    topic: &str,
-    name: &str,
-    token: &str,
-) -> (Receiver, String) {
-    let dir = scratch_dir(name);
-    let secret = dir.join("token");
-    std::fs::write(&secret, token).unwrap();
-    let routes = ROUTE
-        .replace("{topic}", topic)
-        .replace("{secret}", &secret.display().to_string());
-    let (port, admin_port) = (free_port(), free_port());
-    let nowhere = format!("127.0.0.1:{}", free_port());
-    let extra = format!("publishTimeout: 1s\ninstance: {name}-test");
-    let receiver = Receiver::start(
-        &dir,
-        &config_yaml(&dir, port, admin_port, &nowhere, &extra, &routes),
-    )
-    .await;
-    let with_kafka = config_yaml(
-        &dir,
-        port,
-        admin_port,
-        &stack.kafka_bootstrap_servers,
-        &extra,
-        &routes,
-    );
-    (receiver, with_kafka)
-}
-
 #[tokio::test]
 async fn a_killed_receiver_with_a_torn_spool_recovers_and_delivers_every_acknowledged_event() {
     let stack = stack();
     let topic = create_topic(&stack, 6).await;
     let (mut receiver, with_kafka) =
-        spooling_receiver(&stack, &topic, "crash", "crash-token").await;
+        spooling_receiver(&stack, &topic, "crash", "crash-token", "").await;
 
     let load = KeyedLoad::start(format!("{}/steps", receiver.url), 4, "crash-token");
     load.wait_answered(60, Duration::from_secs(60)).await;
@@ -108,7 +72,7 @@ async fn a_spool_for_partitions_without_a_leader_waits_and_drains_in_order_once_
     let stack = stack();
     let topic = bridge_e2e::unique_name("receiver-late");
     let (mut receiver, with_kafka) =
-        spooling_receiver(&stack, &topic, "late-topic", "late-token").await;
+        spooling_receiver(&stack, &topic, "late-topic", "late-token", "").await;
     let load = KeyedLoad::start(format!("{}/steps", receiver.url), 4, "late-token");
     load.wait_answered(40, Duration::from_secs(60)).await;
     let acknowledged = load.stop().await;

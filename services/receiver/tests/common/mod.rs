@@ -451,3 +451,42 @@ pub fn assert_all_arrived_in_key_order(
     );
     duplicates
 }
+
+/// A route taking bearer-token webhooks to `{topic}`, keyed by the `X-Workflow` header
+/// (what `KeyedLoad` sends).
+const STEPS_ROUTE: &str = "  - name: steps\n    path: /steps\n    topic: {topic}\n    eventType: {value: workflow.step}\n    correlationId: {header: X-Workflow}\n    auth: {bearer: {secretFile: {secret}}}\n";
+
+/// A receiver with one bearer-token route to `topic`, whose Kafka is a port nothing listens
+/// on, so every event it acknowledges is spooled; and the same config pointed at the
+/// stack's brokers, to restart it with. `extra` is more top-level config (may be empty).
+pub async fn spooling_receiver(
+    stack: &Stack,
+    topic: &str,
+    name: &str,
+    token: &str,
+    extra: &str,
+) -> (Receiver, String) {
+    let dir = scratch_dir(name);
+    let secret = dir.join("token");
+    std::fs::write(&secret, token).unwrap();
+    let routes = STEPS_ROUTE
+        .replace("{topic}", topic)
+        .replace("{secret}", &secret.display().to_string());
+    let (port, admin_port) = (free_port(), free_port());
+    let nowhere = format!("127.0.0.1:{}", free_port());
+    let extra = format!("publishTimeout: 1s\ninstance: {name}-test\n{extra}");
+    let receiver = Receiver::start(
+        &dir,
+        &config_yaml(&dir, port, admin_port, &nowhere, &extra, &routes),
+    )
+    .await;
+    let with_kafka = config_yaml(
+        &dir,
+        port,
+        admin_port,
+        &stack.kafka_bootstrap_servers,
+        &extra,
+        &routes,
+    );
+    (receiver, with_kafka)
+}

@@ -1,0 +1,140 @@
+//! `hook-receiver --drain`, as the drain Job of a replica that was scaled away runs it: a
+//! receiver spools while Kafka is unreachable (a port nothing listens on, so the shared
+//! brokers are not disturbed); a drain started meanwhile waits for the spool's lock,
+//! answering `/healthz`; once the receiver has stopped, the drain empties the spool into
+//! the real brokers, every event once, and exits 0 with its termination message.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test]
+async fn a_drain_waits_for_the_spools_owner_then_delivers_every_spooled_event_once_and_exits_0() {
+    let stack = stack();
+    let topic = create_topic(&stack, 6).await;
+    // A short bound: Kafka is away, so the shutdown drain cannot empty the spool.
+    let (mut receiver, with_kafka) = spooling_receiver(
+        &stack,
+        &topic,
+        "drain",
+        "drain-token",
+        "shutdownTimeout: 6s",
+    )
+    .await;
+    let load = KeyedLoad::start(format!("{}/steps", receiver.url), 4, "drain-token");
+    load.wait_answered(80, Duration::from_secs(60)).await;
+    let acknowledged = load.stop().await;
+    assert!(
+        acknowledged
+            .iter()
+            .all(|(_, _, status)| status == "spooled")
+    );
+
+    let spool: serde_json::Value = reqwest::get(format!("{}/spool", receiver.admin_url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(spool["records"], acknowledged.len() as u64, "{spool}");
+    assert!(spool["bytes"].as_u64().unwrap() > 0, "{spool}");
+    assert_eq!(spool["draining"], false, "Kafka is away: {spool}");
+
+    // The drain Job's config: the real brokers, an admin port of its own.
+    let receiver_admin = receiver.admin_url.trim_start_matches("http://").to_owned();
+    let drain_admin = format!("127.0.0.1:{}", free_port());
+    let drain_config = receiver.dir.join("drain.yaml");
+    std::fs::write(
+        &drain_config,
+        with_kafka.replace(&receiver_admin, &drain_admin),
+    )
+    .unwrap();
+    let termination_log = receiver.dir.join("termination-log");
+    std::fs::write(&termination_log, "").unwrap();
+    let drain_log = receiver.dir.join("drain.log");
+    let mut drain = Command::new(env!("CARGO_BIN_EXE_hook-receiver"))
+        .arg("--config")
+        .arg(&drain_config)
+        .arg("--drain")
+        .arg("--termination-log")
+        .arg(&termination_log)
+        .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&drain_log).unwrap())
+        .spawn()
+        .expect("starting hook-receiver --drain");
+    let log = || std::fs::read_to_string(&drain_log).unwrap_or_default();
+
+    let waiting = bridge_e2e::eventually(
+        "the drain to wait for the spool's lock",
+        Duration::from_secs(20),
+        || {
+            let readyz = format!("http://{drain_admin}/readyz");
+            async move {
+                let response = reqwest::get(&readyz).await.ok()?;
+                let (status, reason) = (response.status(), response.text().await.ok()?);
+                (status == 503 && reason.starts_with("waiting for the spool's lock"))
+                    .then_some(reason)
+            }
+        },
+    )
+    .await;
+    assert!(waiting.contains("spool.lock"), "{waiting}");
+    let health = reqwest::get(format!("http://{drain_admin}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200, "alive while it waits");
+    let spool_while_waiting = reqwest::get(format!("http://{drain_admin}/spool"))
+        .await
+        .unwrap();
+    assert_eq!(spool_while_waiting.status(), 503);
+    assert!(drain.try_wait().unwrap().is_none(), "{}", log());
+
+    receiver.signal("TERM");
+    assert_eq!(
+        receiver.wait_exit(Duration::from_secs(30)).await,
+        Some(0),
+        "{}",
+        receiver.log()
+    );
+    let exit = bridge_e2e::eventually("the drain to exit", Duration::from_secs(120), || {
+        let exited = drain.try_wait().unwrap();
+        async move { exited }
+    })
+    .await;
+    assert_eq!(exit.code(), Some(0), "{}", log());
+
+    let messages = read_topic(&stack, &topic, acknowledged.len(), Duration::from_secs(60)).await;
+    let duplicates = assert_all_arrived_in_key_order(&acknowledged, &messages);
+    assert_eq!(duplicates, 0, "every spooled event once");
+    assert_eq!(messages.len(), acknowledged.len());
+    let spool_dir = receiver.dir.join("spool");
+    assert_eq!(
+        std::fs::read_to_string(&termination_log).unwrap(),
+        format!(
+            "drained {} events from {}\n",
+            acknowledged.len(),
+            spool_dir.display()
+        )
+    );
+    let segments_left = std::fs::read_dir(&spool_dir)
+        .unwrap()
+        .filter(|entry| {
+            entry
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("segment-")
+        })
+        .count();
+    assert_eq!(segments_left, 0, "drained segments are deleted");
+    eprintln!(
+        "drain: {} spooled, {} on Kafka after the drain",
+        acknowledged.len(),
+        messages.len()
+    );
+}

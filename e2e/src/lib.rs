@@ -180,6 +180,14 @@ pub fn node_ip() -> Result<std::net::IpAddr, StackError> {
         .map_err(|_| StackError::MissingEnv("OMNINODE_NODE_IP (an IP address)"))
 }
 
+/// The busybox image in the stack's registry (`OMNINODE_BUSYBOX_IMAGE`, exported by
+/// `e2e/stack.sh env`): `sh`, `cat` and a few other applets, user 65532 by default. The
+/// product's image has no shell; a test Pod that must run a command runs this one.
+pub fn busybox_image() -> Result<String, StackError> {
+    std::env::var("OMNINODE_BUSYBOX_IMAGE")
+        .map_err(|_| StackError::MissingEnv("OMNINODE_BUSYBOX_IMAGE"))
+}
+
 /// A name no other test run has used: a DNS label (lowercase, digits, dashes) that starts
 /// with `prefix`, so tests can share one cluster and one Kafka without colliding.
 pub fn unique_name(prefix: &str) -> String {

@@ -1,20 +1,22 @@
 //! The local control plane is a real one: version, storage, controllers, scheduling onto
 //! kwok nodes (for scale tests, tainted) and the real node, garbage collection, CEL and
-//! Pod Security admission and RBAC all behave as in a cluster.
+//! Pod Security admission, RBAC and dynamic volumes all behave as in a cluster.
 
 use std::time::Duration;
 
 use bridge_e2e::{
-    Stack, StackKind, TestNamespace, crd_established, eventually, pinned_kubernetes_version,
-    unique_name,
+    Stack, StackKind, TestNamespace, busybox_image, crd_established, eventually,
+    pinned_kubernetes_version, unique_name,
 };
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::authentication::v1::TokenRequest;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret, ServiceAccount,
+};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{
-    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, PostParams,
+    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, LogParams, PostParams,
 };
 use kube::{Api, Client};
 use serde_json::json;
@@ -325,4 +327,102 @@ async fn a_pod_that_breaks_the_restricted_level_is_refused_in_a_restricted_names
             && message.contains("privileged"),
         "{message}"
     );
+}
+
+/// A Pod of `image` that runs `script` in `sh` once, as uid 65532 under the restricted
+/// Pod Security level, with the claim `claim` at /data.
+fn pod_with_claim(name: &str, image: &str, claim: &str, script: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Never",
+            "securityContext": {
+                "runAsUser": 65532, "runAsGroup": 65532, "runAsNonRoot": true,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "containers": [{
+                "name": "c", "image": image, "command": ["sh", "-c", script],
+                "securityContext": {
+                    "readOnlyRootFilesystem": true, "allowPrivilegeEscalation": false,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+                "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+            }],
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}],
+        }
+    }))
+    .unwrap()
+}
+
+/// Waits until the Pod `name` has run to its end; panics with its status if it failed.
+async fn pod_succeeds(pods: &Api<Pod>, name: &str) -> Pod {
+    eventually(&format!("Pod {name} to succeed"), BOUND, || async {
+        let pod = pods.get(name).await.ok()?;
+        match pod.status.as_ref()?.phase.as_deref()? {
+            "Succeeded" => Some(pod),
+            "Failed" => panic!("Pod {name} failed: {:?}", pod.status),
+            _ => None,
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_claim_of_the_default_storage_class_keeps_what_uid_65532_wrote_across_pods() {
+    let client = client().await;
+    let image = busybox_image().unwrap();
+    let ns = TestNamespace::create(&client, "e2e-volume").await;
+    // No storageClassName: the default StorageClass's provisioner serves it.
+    let claim: PersistentVolumeClaim = serde_json::from_value(json!({
+        "metadata": {"name": "data"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "16Mi"}}}
+    }))
+    .unwrap();
+    let claims = api::<PersistentVolumeClaim>(&ns, &client);
+    claims.create(&PostParams::default(), &claim).await.unwrap();
+    let pods = api::<Pod>(&ns, &client);
+    let writer = pod_with_claim(
+        "writer",
+        &image,
+        "data",
+        "set -e; echo 'written by 65532' > /data/greeting",
+    );
+    pods.create(&PostParams::default(), &writer).await.unwrap();
+
+    let written = pod_succeeds(&pods, "writer").await;
+    let node = written.spec.unwrap().node_name.unwrap();
+    assert!(!node.starts_with("kwok-node-"), "ran on {node}");
+    let bound = claims.get("data").await.unwrap();
+    assert_eq!(
+        bound.spec.as_ref().unwrap().storage_class_name.as_deref(),
+        Some("local-path")
+    );
+    assert_eq!(bound.status.unwrap().phase.as_deref(), Some("Bound"));
+
+    // A new Pod on the same claim finds what the first one wrote.
+    pods.delete("writer", &DeleteParams::default())
+        .await
+        .unwrap();
+    let reader = pod_with_claim("reader", &image, "data", "cat /data/greeting");
+    pods.create(&PostParams::default(), &reader).await.unwrap();
+    pod_succeeds(&pods, "reader").await;
+    let read = pods.logs("reader", &LogParams::default()).await.unwrap();
+    assert_eq!(read, "written by 65532\n");
+
+    // The volume goes with its claim (reclaimPolicy Delete).
+    let volume = bound.spec.unwrap().volume_name.unwrap();
+    pods.delete("reader", &DeleteParams::default())
+        .await
+        .unwrap();
+    claims
+        .delete("data", &DeleteParams::default())
+        .await
+        .unwrap();
+    let volumes = Api::<PersistentVolume>::all(client.clone());
+    eventually(
+        &format!("PersistentVolume {volume} to be deleted"),
+        BOUND,
+        || async { volumes.get_opt(&volume).await.ok()?.is_none().then_some(()) },
+    )
+    .await;
 }

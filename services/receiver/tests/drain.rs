@@ -3,6 +3,7 @@
 //! brokers are not disturbed); a drain started meanwhile waits for the spool's lock,
 //! answering `/healthz`; once the receiver has stopped, the drain empties the spool into
 //! the real brokers, every event once, and exits 0 with its termination message.
+//! Beside it: SIGTERM drains the spool into Kafka before the receiver exits.
 
 mod common;
 
@@ -137,4 +138,71 @@ async fn a_drain_waits_for_the_spools_owner_then_delivers_every_spooled_event_on
         acknowledged.len(),
         messages.len()
     );
+}
+
+/// SIGTERM does not leave a drainable spool behind: after intake stops, the receiver goes
+/// on draining into Kafka until the spool is empty (within `shutdownTimeout`). The spool
+/// is held back first by a topic Kafka does not have yet (as after a whole-cluster
+/// restart, without disturbing the shared brokers); the topic appears after the signal.
+#[tokio::test]
+async fn sigterm_drains_the_spool_into_kafka_before_the_receiver_exits() {
+    let stack = stack();
+    let topic = bridge_e2e::unique_name("receiver-stopping");
+    let (mut receiver, with_kafka) = spooling_receiver(
+        &stack,
+        &topic,
+        "shutdown-drain",
+        "stop-token",
+        "shutdownTimeout: 30s",
+    )
+    .await;
+    let load = KeyedLoad::start(format!("{}/steps", receiver.url), 4, "stop-token");
+    load.wait_answered(40, Duration::from_secs(60)).await;
+    let acknowledged = load.stop().await;
+    receiver.signal("KILL");
+    receiver.wait_exit(Duration::from_secs(10)).await;
+
+    std::fs::write(&receiver.config_path, &with_kafka).unwrap();
+    receiver.spawn().await;
+    bridge_e2e::eventually(
+        "the drain to wait for the topic",
+        Duration::from_secs(20),
+        || {
+            let log = receiver.log();
+            async move {
+                log.contains("cannot take the spooled records yet")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    receiver.signal("TERM");
+    create_named_topic(&stack, &topic, 6).await;
+    assert_eq!(
+        receiver.wait_exit(Duration::from_secs(35)).await,
+        Some(0),
+        "{}",
+        receiver.log()
+    );
+
+    let log = receiver.log();
+    assert!(
+        log.contains("draining the spool into Kafka before exit"),
+        "{log}"
+    );
+    assert!(log.contains("the spool is drained"), "{log}");
+    let messages = read_topic(&stack, &topic, acknowledged.len(), Duration::from_secs(30)).await;
+    assert_eq!(assert_all_arrived_in_key_order(&acknowledged, &messages), 0);
+    let segments_left = std::fs::read_dir(receiver.dir.join("spool"))
+        .unwrap()
+        .filter(|entry| {
+            entry
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("segment-")
+        })
+        .count();
+    assert_eq!(segments_left, 0, "the claim is left empty");
 }

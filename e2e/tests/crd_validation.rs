@@ -283,7 +283,7 @@ async fn minimal_objects_are_accepted_with_their_defaults_filled_in() {
     assert_eq!(ingress["spec"]["replicas"], 2);
     assert_eq!(ingress["spec"]["routes"][0]["maxBodyBytes"], 1_048_576);
     assert_eq!(ingress["spec"]["routes"][0]["auth"], json!({"none": {}}));
-    assert_eq!(ingress["spec"]["spool"], json!({"sizeLimit": "1Gi"}));
+    assert_eq!(ingress["spec"]["spool"], json!({"size": "1Gi"}));
 }
 
 #[tokio::test]
@@ -352,10 +352,7 @@ async fn fully_specified_objects_are_accepted() {
                 {"name": "alerts", "path": "/alerts", "topic": "audit-events",
                  "auth": {"bearer": secret("alerts")}}
             ],
-            "spool": {
-                "sizeLimit": "2Gi",
-                "persistentVolumeClaim": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "2Gi"}}}
-            },
+            "spool": {"size": "2Gi", "storageClassName": "fast"},
             "expose": {"ingress": {"className": "nginx", "host": "hooks.example.com", "tlsSecretName": "hooks-tls"}}
         }),
     )
@@ -702,6 +699,41 @@ async fn topic_name_cannot_change_once_the_event_topic_exists() {
     )
     .await
     .unwrap();
+}
+
+#[tokio::test]
+async fn the_spool_of_a_webhook_ingress_is_fixed_at_creation() {
+    let f = Fixture::new("e2e-crd-spool").await;
+    f.create(
+        Kind::WebhookIngress,
+        "hooks",
+        json!({"routes": [route(json!({}))], "spool": {"size": "2Gi"}}),
+    )
+    .await
+    .unwrap();
+    for spool in [
+        json!({"size": "4Gi"}),
+        json!({"size": "2Gi", "storageClassName": "fast"}),
+    ] {
+        match f
+            .patch_spec(Kind::WebhookIngress, "hooks", json!({"spool": spool}))
+            .await
+        {
+            Err(kube::Error::Api(status)) => {
+                assert_eq!(status.code, 422, "{}", status.message);
+                assert!(
+                    status.message.contains("spec.spool is fixed at creation"),
+                    "{}",
+                    status.message
+                );
+            }
+            other => panic!("expected {spool} to be refused, got {other:?}"),
+        }
+    }
+    // Everything else still changes.
+    f.patch_spec(Kind::WebhookIngress, "hooks", json!({"replicas": 3}))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

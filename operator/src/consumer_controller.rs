@@ -570,7 +570,7 @@ async fn reconcile_consumer(consumer: &EventConsumer, ctx: &Context) -> Result<A
     if let Err(error) = view {
         return kafka_unavailable(consumer, &api, ctx, report, &error).await;
     }
-    let (_, decided) = workload::deployment_progress(Some(&deployment), "event-consumer");
+    let (_, decided) = workload::rollout_progress(Some((&deployment).into()), "event-consumer");
     report.set(decided);
     report.write(consumer, &api, ctx).await?;
     // Only a pass that got through resets the backoff: Kafka failures and a refused replay

@@ -324,6 +324,7 @@ mod tests {
             image_pull_policy: Some("IfNotPresent".into()),
             kafka_bootstrap_servers: "kafka-0:9092,kafka-1:9092".into(),
             kafka_secret: None,
+            spool_storage_class: None,
         }
     }
 

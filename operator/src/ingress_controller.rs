@@ -1,9 +1,12 @@
-//! The WebhookIngress controller: each WebhookIngress becomes a ConfigMap, Deployment,
-//! Service and PodDisruptionBudget of `hook-receiver` (and an Ingress or HTTPRoute when
-//! exposed), built by `ingress_plan` and kept there by server-side apply.
+//! The WebhookIngress controller: each WebhookIngress becomes a ConfigMap, StatefulSet (a
+//! spool claim per replica), Service and PodDisruptionBudget of `hook-receiver` (and an
+//! Ingress or HTTPRoute when exposed), built by `ingress_plan` and kept there by
+//! server-side apply; the claims of replicas gone are drained by Jobs (`spool_claims`).
 //!
-//! Pipeline per pass: pause → resolve the EventTopics → read the referenced Secrets (and
-//! the workloads' Kafka Secret, when the operator names one) → plan → apply (ConfigMap first, so a new template never mounts an old config) → prune → status.
+//! Pipeline per pass: deletion (drain every claim, bounded) → finalizer → pause → resolve
+//! the EventTopics → read the referenced Secrets (and the workloads' Kafka Secret, when the
+//! operator names one) → plan → apply (ConfigMap first, so a new template never mounts an
+//! old config) → prune → the spool claims of replicas gone → status.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,8 +14,11 @@ use std::sync::Arc;
 use bridge_api::{EventTopic, WebhookIngress, WebhookIngressStatus, condition_type, is_paused};
 use futures::StreamExt;
 use futures::future::join_all;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -27,13 +33,23 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::conditions::{self, Decided};
-use crate::ingress_plan::{self, COMPONENT, IngressPlan, SecretKey, SecretProblem};
+use crate::ingress_plan::{
+    self, COMPONENT, DRAIN_COMPONENT, IngressPlan, SecretKey, SecretProblem,
+};
+use crate::spool_claims::{Decisions, SpoolClaims};
 use crate::workload::{
     self, Backoff, CONFIG_CHECKSUM_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL, NAME_LABEL,
     WorkloadContext,
 };
 
 const KIND: &str = "WebhookIngress";
+/// Holds a deleted WebhookIngress until its spool claims are drained (or the bound passed).
+pub const SPOOL_FINALIZER: &str = "bridge.omninode.io/spool-drain";
+/// How long a deleted WebhookIngress waits for its spools to drain before it goes and
+/// leaves the claims that still hold events behind.
+const SPOOL_DRAIN_BOUND: Duration = Duration::from_secs(600);
+/// How soon a pass comes again while spools drain, so the status follows them.
+const SPOOL_WATCH_INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -111,8 +127,14 @@ pub async fn run(ctx: Arc<WorkloadContext>, namespaces: Vec<String>, stop: watch
                 owned.clone(),
             )
             .owns(
-                scoped::<Deployment>(&client, namespace.as_deref()),
+                scoped::<StatefulSet>(&client, namespace.as_deref()),
                 owned.clone(),
+            )
+            .owns(
+                scoped::<Job>(&client, namespace.as_deref()),
+                watcher::Config::default().labels(&format!(
+                    "{NAME_LABEL}={DRAIN_COMPONENT},{MANAGED_BY_LABEL}={MANAGED_BY}"
+                )),
             )
             .owns(
                 scoped::<Service>(&client, namespace.as_deref()),
@@ -226,6 +248,7 @@ impl Report {
             "conditions",
             "readyReplicas",
             "routes",
+            "spools",
         ] {
             if let Some(fields) = status.as_object_mut() {
                 fields.entry(field).or_insert(serde_json::Value::Null);
@@ -251,6 +274,15 @@ pub async fn reconcile(wi: Arc<WebhookIngress>, ctx: Arc<Context>) -> Result<Act
     let namespace = workload::namespace_of(wi.as_ref());
     let api: Api<WebhookIngress> = Api::namespaced(ctx.client(), &namespace);
     let mut report = Report::new(&wi);
+
+    if wi.metadata.deletion_timestamp.is_some() {
+        return finalize(&wi, &ctx, &api, report).await;
+    }
+    if !wi.finalizers().iter().any(|f| f == SPOOL_FINALIZER) {
+        let mut finalizers = wi.finalizers().to_vec();
+        finalizers.push(SPOOL_FINALIZER.into());
+        set_finalizers(&wi, &api, &finalizers).await?;
+    }
 
     if is_paused(&wi.metadata) {
         report.set(Decided::new(
@@ -326,7 +358,7 @@ pub async fn reconcile(wi: Arc<WebhookIngress>, ctx: Arc<Context>) -> Result<Act
         }
     };
 
-    let deployment = apply_plan(&wi, &plan, &ctx, &namespace, gateway_api).await?;
+    let stateful_set = apply_plan(&wi, &plan, &ctx, &namespace, gateway_api).await?;
 
     if wants_http_route && !gateway_api {
         report.set(Decided::new(
@@ -341,13 +373,201 @@ pub async fn reconcile(wi: Arc<WebhookIngress>, ctx: Arc<Context>) -> Result<Act
     } else {
         report.clear(condition_type::DEGRADED);
     }
-    let (ready_replicas, ready) = workload::deployment_progress(Some(&deployment), "receiver");
+    let (ready_replicas, ready) =
+        workload::rollout_progress(Some((&stateful_set).into()), "receiver");
     report.set(ready);
     report.status.ready_replicas = Some(ready_replicas);
     report.status.routes = plan.routes.clone();
+
+    let replicas = u32::try_from(wi.spec.replicas).unwrap_or(0);
+    let (spools, decisions) = drain_spools(&wi, &ctx, replicas).await?;
+    report.status.spools = spools.status(&decisions).await;
+    if let Some(claim) = spools.claims.values().find(|c| c.without_class) {
+        report.set(Decided::new(
+            condition_type::READY,
+            false,
+            "NoStorageClass",
+            format!(
+                "spool claim {} waits for a volume: it names no StorageClass and the cluster has no default one; set spec.spool.storageClassName (or the operator's --spool-storage-class), or mark a StorageClass as the default",
+                claim.name
+            ),
+        ));
+    }
+    if !decisions.failed.is_empty() {
+        report.set(Decided::new(
+            condition_type::DEGRADED,
+            true,
+            "SpoolDrainFailed",
+            drain_failed_message(&wi, &decisions),
+        ));
+    }
+    let in_motion = spools_in_motion(&decisions, &report.status.spools);
     report.write(&wi, &api, &ctx).await?;
     ctx.backoff.succeeded(&object_key(&wi));
+    if in_motion {
+        return Ok(Action::requeue(SPOOL_WATCH_INTERVAL));
+    }
     Ok(ctx.resync_action())
+}
+
+/// Reads the spool claims, starts a drain Job for each claim no replica has, and deletes
+/// the claims their Jobs found empty (with an Event each).
+async fn drain_spools(
+    wi: &WebhookIngress,
+    ctx: &Context,
+    replicas: u32,
+) -> Result<(SpoolClaims, Decisions), Error> {
+    let client = ctx.client();
+    let spools = SpoolClaims::read(&client, wi).await?;
+    let decisions = spools.decide(replicas);
+    let jobs: Vec<Job> = decisions
+        .start_drain
+        .iter()
+        .map(|&ordinal| ingress_plan::desired_drain_job(wi, &ctx.workload.settings, ordinal))
+        .collect();
+    for job in &jobs {
+        let note = format!(
+            "no replica has spool claim {} any more: Job {} drains it into Kafka",
+            ingress_plan::spool_claim_name(&wi.name_any(), job_ordinal(job)),
+            job.name_any()
+        );
+        event(ctx, wi, EventType::Normal, "SpoolDraining", &note).await;
+    }
+    for note in spools.apply(&client, &decisions, &jobs).await? {
+        event(ctx, wi, EventType::Normal, "SpoolDrained", &note).await;
+    }
+    Ok((spools, decisions))
+}
+
+fn job_ordinal(job: &Job) -> u32 {
+    job.name_any()
+        .rsplit('-')
+        .next()
+        .and_then(|o| o.parse().ok())
+        .unwrap_or_default()
+}
+
+fn drain_failed_message(wi: &WebhookIngress, decisions: &Decisions) -> String {
+    let jobs: Vec<String> = decisions
+        .failed
+        .iter()
+        .map(|&o| ingress_plan::drain_job_name(&wi.name_any(), o))
+        .collect();
+    format!(
+        "drain Job {} failed; its claim is kept with the events it holds: see `kubectl logs job/<name>`, fix the cause, then delete the Job to drain again",
+        jobs.join(", ")
+    )
+}
+
+/// Whether a claim is on its way somewhere or holds events, so the status is worth
+/// refreshing soon.
+fn spools_in_motion(
+    decisions: &Decisions,
+    spools: &[bridge_api::webhook_ingress::SpoolStatus],
+) -> bool {
+    !(decisions.stopping.is_empty()
+        && decisions.start_drain.is_empty()
+        && decisions.draining.is_empty()
+        && decisions.drained.is_empty()
+        && decisions.stale_jobs.is_empty())
+        || spools.iter().any(|s| s.records.unwrap_or(0) > 0)
+}
+
+/// A deleted WebhookIngress: the receivers stop (each drains on SIGTERM what it can), every
+/// claim is drained by a Job and deleted once empty, and the finalizer goes when no claim is
+/// left, or after `SPOOL_DRAIN_BOUND` with an Event naming the claims that still hold events
+/// (they are kept: a WebhookIngress of the same name drains them).
+async fn finalize(
+    wi: &WebhookIngress,
+    ctx: &Context,
+    api: &Api<WebhookIngress>,
+    mut report: Report,
+) -> Result<Action, Error> {
+    if !wi.finalizers().iter().any(|f| f == SPOOL_FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let namespace = workload::namespace_of(wi);
+    let name = ingress_plan::workload_name(&wi.name_any());
+    let sets: Api<StatefulSet> = Api::namespaced(ctx.client(), &namespace);
+    if let Some(set) = sets.get_opt(&name).await? {
+        if set.spec.as_ref().and_then(|s| s.replicas) != Some(0) {
+            sets.patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"replicas": 0}})),
+            )
+            .await?;
+        }
+    }
+    let (spools, decisions) = drain_spools(wi, ctx, 0).await?;
+    let left = spools.status(&decisions).await;
+    let deleted_at = wi
+        .metadata
+        .deletion_timestamp
+        .as_ref()
+        .map_or(report.now.0, |t| t.0);
+    let waited = Duration::try_from(report.now.0.duration_since(deleted_at)).unwrap_or_default();
+    let all_failed = !left.is_empty() && left.iter().all(|s| s.state == "DrainFailed");
+    if !left.is_empty() && waited < SPOOL_DRAIN_BOUND && !all_failed {
+        report.set(Decided::new(
+            condition_type::READY,
+            false,
+            "DrainingSpools",
+            format!(
+                "being deleted: waiting for {} spool claim(s) to drain into Kafka ({}s of at most {}s); the claims that still hold events then stay behind",
+                left.len(),
+                waited.as_secs(),
+                SPOOL_DRAIN_BOUND.as_secs()
+            ),
+        ));
+        report.status.spools = left;
+        report.write(wi, api, ctx).await?;
+        return Ok(Action::requeue(SPOOL_WATCH_INTERVAL));
+    }
+    if !left.is_empty() {
+        let claims: Vec<String> = left
+            .iter()
+            .map(|s| match s.records {
+                Some(records) => format!("{} ({records} events)", s.claim),
+                None => s.claim.clone(),
+            })
+            .collect();
+        let note = format!(
+            "deleted with spools not drained: claims {} are kept with the events they hold; a WebhookIngress named {} in this namespace drains them, or delete the claims to discard the events",
+            claims.join(", "),
+            wi.name_any()
+        );
+        event(ctx, wi, EventType::Warning, "SpoolClaimsLeft", &note).await;
+    }
+    let finalizers: Vec<String> = wi
+        .finalizers()
+        .iter()
+        .filter(|f| *f != SPOOL_FINALIZER)
+        .cloned()
+        .collect();
+    set_finalizers(wi, api, &finalizers).await?;
+    Ok(Action::await_change())
+}
+
+/// Replaces the finalizers, only if the object has not changed since it was read.
+async fn set_finalizers(
+    wi: &WebhookIngress,
+    api: &Api<WebhookIngress>,
+    finalizers: &[String],
+) -> Result<(), Error> {
+    let patch = json!({
+        "metadata": {
+            "finalizers": finalizers,
+            "resourceVersion": wi.resource_version(),
+        }
+    });
+    api.patch(
+        &wi.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
 }
 
 /// The Secret keys the receiver's pods read.
@@ -415,14 +635,14 @@ where
 }
 
 /// Applies every object of the plan, prunes what the spec no longer asks for, and returns
-/// the Deployment as the API server has it.
+/// the StatefulSet as the API server has it.
 async fn apply_plan(
     wi: &WebhookIngress,
     plan: &IngressPlan,
     ctx: &Context,
     namespace: &str,
     gateway_api: bool,
-) -> Result<Deployment, Error> {
+) -> Result<StatefulSet, Error> {
     let client = ctx.client();
     let name = ingress_plan::workload_name(&wi.name_any());
     let keep = vec![name.clone()];
@@ -430,30 +650,20 @@ async fn apply_plan(
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     apply_one(&config_maps, &plan.config_map, "ConfigMap").await?;
 
-    if let Some(claim) = &plan.spool_claim {
-        // A claim's spec is immutable once bound, and it may hold spooled events: it is
-        // created once, then left as it is (and never pruned).
-        let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
-        if claims
-            .get_opt(&ingress_plan::spool_claim_name(&wi.name_any()))
-            .await?
-            .is_none()
-        {
-            apply_one(&claims, claim, "PersistentVolumeClaim").await?;
-        }
-    }
-
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-    let before = deployments.get_opt(&name).await?;
-    let deployment = apply_one(&deployments, &plan.deployment, "Deployment").await?;
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
+    let before = sets.get_opt(&name).await?;
+    let stateful_set = apply_one(&sets, &plan.stateful_set, "StatefulSet").await?;
     match before {
         None => {
-            let note = format!("created Deployment {name} of {} replicas", wi.spec.replicas);
-            event(ctx, wi, EventType::Normal, "DeploymentCreated", &note).await;
+            let note = format!(
+                "created StatefulSet {name} of {} replicas, each with a spool claim of {}",
+                wi.spec.replicas, wi.spec.spool.size.0
+            );
+            event(ctx, wi, EventType::Normal, "StatefulSetCreated", &note).await;
         }
         Some(before) if checksum_of(&before) != Some(plan.checksum.as_str()) => {
             let note = format!(
-                "the receiver's config or a Secret it reads changed: rolling the pods of Deployment {name}"
+                "the receiver's config or a Secret it reads changed: rolling the pods of StatefulSet {name}"
             );
             event(ctx, wi, EventType::Normal, "ConfigChanged", &note).await;
         }
@@ -487,10 +697,13 @@ async fn apply_plan(
     }
     // Objects of an earlier naming, or made by hand with this owner, go too.
     prune(&config_maps, wi, &keep, ctx, "ConfigMap").await?;
-    prune(&deployments, wi, &keep, ctx, "Deployment").await?;
+    prune(&sets, wi, &keep, ctx, "StatefulSet").await?;
+    // Receivers of an earlier version ran as a Deployment.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    prune(&deployments, wi, &[], ctx, "Deployment").await?;
     prune(&services, wi, &keep, ctx, "Service").await?;
     prune(&pdbs, wi, &keep, ctx, "PodDisruptionBudget").await?;
-    Ok(deployment)
+    Ok(stateful_set)
 }
 
 async fn prune<K>(
@@ -510,9 +723,8 @@ where
     Ok(())
 }
 
-fn checksum_of(deployment: &Deployment) -> Option<&str> {
-    deployment
-        .spec
+fn checksum_of(set: &StatefulSet) -> Option<&str> {
+    set.spec
         .as_ref()?
         .template
         .metadata

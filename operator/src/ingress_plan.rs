@@ -1,6 +1,7 @@
 //! What a WebhookIngress becomes, as pure functions: the hook-receiver config (the receiver's
-//! own type, written as YAML), its ConfigMap, Deployment, Service, PodDisruptionBudget, spool
-//! claim, Ingress or HTTPRoute, the routes' URLs and the checksum that rolls the pods.
+//! own type, written as YAML), its ConfigMap, StatefulSet (with a spool claim per replica),
+//! Service, PodDisruptionBudget, the Jobs that drain the claims of replicas gone, Ingress or
+//! HTTPRoute, the routes' URLs and the checksum that rolls the pods.
 //!
 //! Nothing here talks to the API server; `ingress_controller` reads the inputs (resolved
 //! topics, the referenced Secrets' values) and applies what this module builds.
@@ -17,12 +18,16 @@ use hook_receiver::config::{
     self as receiver, AuthConfig, BreakerConfig, HmacConfig, ReceiverConfig, RouteConfig,
     SecretFile, SpoolConfig, ValueSource,
 };
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+};
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim,
-    PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-    SecretVolumeSource, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SecretVolumeSource, Service, ServicePort, ServiceSpec, SleepAction,
+    Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
@@ -60,16 +65,49 @@ pub const HTTP_ROUTE_PLURAL: &str = "httproutes";
 /// Time the Pod gets after SIGTERM beyond the receiver's `shutdownTimeout`: the receiver
 /// then publishes its `stopping` event (2 s) and flushes the producer (5 s).
 const SHUTDOWN_MARGIN_SECONDS: i64 = 15;
+/// The pause before SIGTERM, long enough for the endpoints controller and kube-proxy to
+/// take a stopping replica out of the Service.
+const PRE_STOP_SECONDS: i64 = 5;
+/// The claim template's name, the first part of each replica's claim name.
+pub const SPOOL_VOLUME: &str = "spool";
+/// The `app.kubernetes.io/name` of the spool drain Jobs and their Pods.
+pub const DRAIN_COMPONENT: &str = "hook-receiver-spool-drain";
+/// The smallest spool claim, and the headroom left below its size: the filesystem's own
+/// use (block rounding, metadata, the drain checkpoint, the record being written) comes
+/// out of the claim, and a spool that filled the volume would fail writes instead of
+/// answering 503.
+const MIN_SPOOL_BYTES: u64 = 8 << 20;
+const MIN_SPOOL_HEADROOM_BYTES: u64 = 2 << 20;
 
-/// The name of the Deployment, Service, ConfigMap, PodDisruptionBudget and Ingress or
+/// The name of the StatefulSet, Service, ConfigMap, PodDisruptionBudget and Ingress or
 /// HTTPRoute of the WebhookIngress `name`.
 pub fn workload_name(name: &str) -> String {
     format!("{name}-receiver")
 }
 
-/// The name of the spool claim, when the spec asks for one.
-pub fn spool_claim_name(name: &str) -> String {
-    format!("{name}-spool")
+/// The spool claim of replica `ordinal` of the WebhookIngress `name`, as the StatefulSet
+/// names the claims it makes from its template.
+pub fn spool_claim_name(name: &str, ordinal: u32) -> String {
+    format!("{SPOOL_VOLUME}-{}-{ordinal}", workload_name(name))
+}
+
+/// The replica whose claim `claim` is, when it is one of the WebhookIngress `name`.
+pub fn spool_claim_ordinal(name: &str, claim: &str) -> Option<u32> {
+    let ordinal = claim.strip_prefix(&format!("{SPOOL_VOLUME}-{}-", workload_name(name)))?;
+    if ordinal.starts_with('0') && ordinal != "0" {
+        return None;
+    }
+    ordinal.parse().ok()
+}
+
+/// The Pod of replica `ordinal`.
+pub fn replica_pod_name(name: &str, ordinal: u32) -> String {
+    format!("{}-{ordinal}", workload_name(name))
+}
+
+/// The Job that drains the claim of replica `ordinal` once no replica has it.
+pub fn drain_job_name(name: &str, ordinal: u32) -> String {
+    format!("{}-drain-{ordinal}", workload_name(name))
 }
 
 pub fn config_path() -> String {
@@ -285,11 +323,7 @@ pub fn receiver_config(
     secrets: &[Option<SecretKey>],
     settings: &WorkloadSettings,
 ) -> Result<ReceiverConfig, InvalidSpec> {
-    let max_bytes = quantity_bytes(&wi.spec.spool.size_limit)
-        .map_err(|reason| invalid("spec.spool.sizeLimit", reason))?;
-    if max_bytes < 1 << 20 {
-        return Err(invalid("spec.spool.sizeLimit", "must be at least 1Mi"));
-    }
+    let max_bytes = spool_max_bytes(&wi.spec.spool.size)?;
     let routes =
         wi.spec
             .routes
@@ -354,6 +388,15 @@ pub fn receiver_config(
     })
 }
 
+/// How much the spool of a claim of `size` may hold: the size less the headroom.
+pub fn spool_max_bytes(size: &Quantity) -> Result<u64, InvalidSpec> {
+    let size = quantity_bytes(size).map_err(|reason| invalid("spec.spool.size", reason))?;
+    if size < MIN_SPOOL_BYTES {
+        return Err(invalid("spec.spool.size", "must be at least 8Mi"));
+    }
+    Ok(size - (size / 8).max(MIN_SPOOL_HEADROOM_BYTES))
+}
+
 /// Everything the controller applies for one WebhookIngress.
 #[derive(Debug, Clone)]
 pub struct IngressPlan {
@@ -361,11 +404,9 @@ pub struct IngressPlan {
     /// Over the config text and every Secret value the pods read.
     pub checksum: String,
     pub config_map: ConfigMap,
-    pub deployment: Deployment,
+    pub stateful_set: StatefulSet,
     pub service: Service,
     pub pdb: PodDisruptionBudget,
-    /// Created once and never pruned: it may hold spooled events.
-    pub spool_claim: Option<PersistentVolumeClaim>,
     pub ingress: Option<Ingress>,
     pub http_route: Option<DynamicObject>,
     /// Each route's URL; the HTTPRoute's only when `gateway_api` was true.
@@ -411,10 +452,9 @@ pub fn plan(
         .filter(|_| gateway_api);
     Ok(IngressPlan {
         config_map: desired_config_map(wi, &config_text),
-        deployment: desired_deployment(wi, secrets, settings, &config, &checksum),
+        stateful_set: desired_stateful_set(wi, secrets, settings, &checksum),
         service: desired_service(wi),
         pdb: desired_pdb(wi),
-        spool_claim: desired_spool_claim(wi),
         ingress: desired_ingress(wi),
         routes: route_urls(wi, gateway_api),
         http_route,
@@ -454,15 +494,6 @@ pub fn desired_config_map(wi: &WebhookIngress, config_text: &str) -> ConfigMap {
     }
 }
 
-pub fn desired_spool_claim(wi: &WebhookIngress) -> Option<PersistentVolumeClaim> {
-    let spec = wi.spec.spool.persistent_volume_claim.clone()?;
-    Some(PersistentVolumeClaim {
-        metadata: metadata(wi, spool_claim_name(&wi.name_any())),
-        spec: Some(spec),
-        ..Default::default()
-    })
-}
-
 fn http_get(path: &str) -> HTTPGetAction {
     HTTPGetAction {
         path: Some(path.into()),
@@ -497,15 +528,17 @@ fn secret_volumes(secrets: &[Option<SecretKey>]) -> Vec<(String, String)> {
         .collect()
 }
 
-pub fn desired_deployment(
+/// The receiver's Pod. A replica of the StatefulSet serves webhooks and mounts its own spool
+/// claim through the claim template; a drain Job's Pod (`drain` names the claim it mounts)
+/// serves nothing and only sends what that spool holds to Kafka: it reads the config and
+/// the Kafka Secret, not the routes' Secrets, so it runs even when those are gone.
+fn receiver_pod(
     wi: &WebhookIngress,
     secrets: &[Option<SecretKey>],
     settings: &WorkloadSettings,
-    config: &ReceiverConfig,
-    checksum: &str,
-) -> Deployment {
-    let name = wi.name_any();
-    let workload = workload_name(&name);
+    drain: Option<&str>,
+) -> PodSpec {
+    let workload = workload_name(&wi.name_any());
     let secret_volumes = secret_volumes(secrets);
 
     let mut volumes = vec![Volume {
@@ -542,75 +575,79 @@ pub fn desired_deployment(
         volumes.push(volume);
         mounts.push(mount);
     }
-    let spool_mount = VolumeMount {
-        name: "spool".into(),
+    mounts.push(VolumeMount {
+        name: SPOOL_VOLUME.into(),
         mount_path: SPOOL_DIR.into(),
         ..Default::default()
-    };
-    match &wi.spec.spool.persistent_volume_claim {
-        Some(_) => {
-            volumes.push(Volume {
-                name: "spool".into(),
-                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                    claim_name: spool_claim_name(&name),
-                    ..Default::default()
-                }),
+    });
+    if let Some(claim) = drain {
+        volumes.push(Volume {
+            name: SPOOL_VOLUME.into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: claim.into(),
                 ..Default::default()
-            });
-            // Replicas share the claim, and each needs a spool directory of its own.
-            mounts.push(VolumeMount {
-                sub_path_expr: Some("$(POD_NAME)".into()),
-                ..spool_mount
-            });
-        }
-        None => {
-            volumes.push(Volume {
-                name: "spool".into(),
-                empty_dir: Some(EmptyDirVolumeSource {
-                    size_limit: Some(wi.spec.spool.size_limit.clone()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            });
-            mounts.push(spool_mount);
-        }
+            }),
+            ..Default::default()
+        });
     }
 
-    let container = Container {
-        name: CONTAINER.into(),
-        image: Some(settings.image.clone()),
-        image_pull_policy: settings.image_pull_policy.clone(),
-        command: Some(vec!["hook-receiver".into()]),
-        args: Some(vec!["--config".into(), config_path()]),
-        ports: Some(vec![
+    let mut args = vec!["--config".into(), config_path()];
+    let mut ports = vec![ContainerPort {
+        name: Some("admin".into()),
+        container_port: ADMIN_PORT,
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    }];
+    let mut readiness_probe = Some(Probe {
+        http_get: Some(http_get("/readyz")),
+        period_seconds: Some(2),
+        failure_threshold: Some(3),
+        ..Default::default()
+    });
+    let mut lifecycle = Some(Lifecycle {
+        // SIGTERM comes after this pause: meanwhile the Pod is out of the Service's
+        // endpoints, so no webhook meets a closed port during a rollout.
+        pre_stop: Some(LifecycleHandler {
+            sleep: Some(SleepAction {
+                seconds: PRE_STOP_SECONDS,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    if drain.is_some() {
+        args.push("--drain".into());
+        readiness_probe = None;
+        lifecycle = None;
+    } else {
+        ports.insert(
+            0,
             ContainerPort {
                 name: Some("http".into()),
                 container_port: HTTP_PORT,
                 protocol: Some("TCP".into()),
                 ..Default::default()
             },
-            ContainerPort {
-                name: Some("admin".into()),
-                container_port: ADMIN_PORT,
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            },
-        ]),
+        );
+    }
+    let container = Container {
+        name: CONTAINER.into(),
+        image: Some(settings.image.clone()),
+        image_pull_policy: settings.image_pull_policy.clone(),
+        command: Some(vec!["hook-receiver".into()]),
+        args: Some(args),
+        ports: Some(ports),
         // HOSTNAME names the replica in lifecycle events (the receiver's `instance`), also
         // where the Pod does not run in a container of its own.
         env: Some(vec![pod_name_env("POD_NAME"), pod_name_env("HOSTNAME")]),
-        readiness_probe: Some(Probe {
-            http_get: Some(http_get("/readyz")),
-            period_seconds: Some(2),
-            failure_threshold: Some(3),
-            ..Default::default()
-        }),
+        readiness_probe,
         liveness_probe: Some(Probe {
             http_get: Some(http_get("/healthz")),
             period_seconds: Some(10),
             failure_threshold: Some(3),
             ..Default::default()
         }),
+        lifecycle,
         resources: Some(ResourceRequirements {
             requests: Some(BTreeMap::from([
                 ("cpu".into(), Quantity("100m".into())),
@@ -626,11 +663,42 @@ pub fn desired_deployment(
         volume_mounts: Some(mounts),
         ..Default::default()
     };
-    let grace = config.shutdown_timeout.as_secs() as i64 + SHUTDOWN_MARGIN_SECONDS;
-    Deployment {
-        metadata: metadata(wi, workload),
-        spec: Some(DeploymentSpec {
+    PodSpec {
+        containers: vec![container],
+        volumes: Some(volumes),
+        security_context: Some(workload::pod_security_context()),
+        termination_grace_period_seconds: Some(
+            PRE_STOP_SECONDS
+                + receiver::defaults::shutdown_timeout().as_secs() as i64
+                + SHUTDOWN_MARGIN_SECONDS,
+        ),
+        // The receiver never talks to the API server.
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        restart_policy: drain.map(|_| "OnFailure".into()),
+        ..Default::default()
+    }
+}
+
+/// The receivers: a StatefulSet, so that replica N always gets claim N back and a Pod
+/// that replaces another (a rollout, a delete, an eviction) drains what its predecessor
+/// spooled. Claims are retained when the set scales down or goes away; the controller
+/// drains and deletes them (`desired_drain_job`).
+pub fn desired_stateful_set(
+    wi: &WebhookIngress,
+    secrets: &[Option<SecretKey>],
+    settings: &WorkloadSettings,
+    checksum: &str,
+) -> StatefulSet {
+    let name = wi.name_any();
+    let workload = workload_name(&name);
+    StatefulSet {
+        metadata: metadata(wi, workload.clone()),
+        spec: Some(StatefulSetSpec {
             replicas: Some(wi.spec.replicas),
+            service_name: Some(workload),
+            // Replicas start and stop together; a rollout still replaces one at a time.
+            pod_management_policy: Some("Parallel".into()),
             selector: LabelSelector {
                 match_labels: Some(workload::selector_labels(COMPONENT, &name)),
                 ..Default::default()
@@ -644,16 +712,71 @@ pub fn desired_deployment(
                     )])),
                     ..Default::default()
                 }),
-                spec: Some(PodSpec {
-                    containers: vec![container],
-                    volumes: Some(volumes),
-                    security_context: Some(workload::pod_security_context()),
-                    termination_grace_period_seconds: Some(grace),
-                    // The receiver never talks to the API server.
-                    automount_service_account_token: Some(false),
-                    enable_service_links: Some(false),
+                spec: Some(receiver_pod(wi, secrets, settings, None)),
+            },
+            volume_claim_templates: Some(vec![spool_claim_template(wi, settings)]),
+            persistent_volume_claim_retention_policy: Some(
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some("Retain".into()),
+                    when_scaled: Some("Retain".into()),
+                },
+            ),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Each replica's spool claim, `spool-<name>-receiver-<ordinal>`.
+fn spool_claim_template(wi: &WebhookIngress, settings: &WorkloadSettings) -> PersistentVolumeClaim {
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(SPOOL_VOLUME.into()),
+            labels: Some(workload::labels(COMPONENT, &wi.name_any())),
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: wi
+                .spec
+                .spool
+                .storage_class_name
+                .clone()
+                .or_else(|| settings.spool_storage_class.clone()),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".into(),
+                    wi.spec.spool.size.clone(),
+                )])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A Job that sends what the spool claim `claim` holds to Kafka and ends once it is empty:
+/// for the claim of a replica scaled away, or of every replica while the WebhookIngress is
+/// being deleted. Its Pods carry labels of their own, so no Service sends them webhooks.
+pub fn desired_drain_job(wi: &WebhookIngress, settings: &WorkloadSettings, ordinal: u32) -> Job {
+    let name = wi.name_any();
+    let claim = spool_claim_name(&name, ordinal);
+    Job {
+        metadata: ObjectMeta {
+            labels: Some(workload::labels(DRAIN_COMPONENT, &name)),
+            ..metadata(wi, drain_job_name(&name, ordinal))
+        },
+        spec: Some(JobSpec {
+            // The drain waits through Kafka outages itself; it fails only on what a person
+            // must look at (a spool it cannot read), and a few retries are enough then.
+            backoff_limit: Some(3),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(workload::labels(DRAIN_COMPONENT, &name)),
                     ..Default::default()
                 }),
+                spec: Some(receiver_pod(wi, &[], settings, Some(&claim))),
             },
             ..Default::default()
         }),
@@ -824,6 +947,7 @@ mod tests {
             image_pull_policy: Some("IfNotPresent".into()),
             kafka_bootstrap_servers: "kafka-0:9092,kafka-1:9092".into(),
             kafka_secret: None,
+            spool_storage_class: None,
         }
     }
 
@@ -905,7 +1029,7 @@ mod tests {
             }
         );
         assert_eq!(config.spool.dir, PathBuf::from(SPOOL_DIR));
-        assert_eq!(config.spool.max_bytes, 1 << 30);
+        assert_eq!(config.spool.max_bytes, (1 << 30) - (128 << 20));
         let github = &config.routes[0];
         assert_eq!(github.topic, "team-a.tools");
         assert_eq!(
@@ -936,7 +1060,7 @@ mod tests {
         assert_eq!(a, plan_of(&wi, b"one", false).checksum);
         assert_ne!(a, plan_of(&wi, b"two", false).checksum);
         let annotations = plan_of(&wi, b"one", false)
-            .deployment
+            .stateful_set
             .spec
             .unwrap()
             .template
@@ -1013,7 +1137,7 @@ mod tests {
         );
         assert!(!text.contains("sasl"), "{text}");
 
-        let pod = with.deployment.spec.unwrap().template.spec.unwrap();
+        let pod = with.stateful_set.spec.unwrap().template.spec.unwrap();
         let mount = pod.containers[0]
             .volume_mounts
             .iter()
@@ -1047,7 +1171,7 @@ mod tests {
         let text = &plan.config_map.data.as_ref().unwrap()[CONFIG_KEY];
         assert!(!text.contains("propertiesFile"), "{text}");
         assert!(!text.contains("properties"), "{text}");
-        let pod = plan.deployment.spec.unwrap().template.spec.unwrap();
+        let pod = plan.stateful_set.spec.unwrap().template.spec.unwrap();
         assert!(
             pod.volumes
                 .unwrap()
@@ -1078,20 +1202,28 @@ mod tests {
     }
 
     #[test]
-    fn the_deployment_runs_hook_receiver_from_the_workload_image_with_its_probes_and_mounts() {
+    fn the_stateful_set_runs_hook_receiver_from_the_workload_image_with_its_probes_and_mounts() {
         let plan = plan_of(&github(), b"x", false);
-        let deployment = plan.deployment;
-        assert_eq!(deployment.metadata.name.as_deref(), Some("github-receiver"));
-        let owner = &deployment.metadata.owner_references.as_ref().unwrap()[0];
+        let set = plan.stateful_set;
+        assert_eq!(set.metadata.name.as_deref(), Some("github-receiver"));
+        let owner = &set.metadata.owner_references.as_ref().unwrap()[0];
         assert_eq!(owner.uid, "0000-1111");
         assert_eq!(owner.controller, Some(true));
-        let spec = deployment.spec.unwrap();
+        let spec = set.spec.unwrap();
         assert_eq!(spec.replicas, Some(2));
         let template = spec.template;
         let labels = template.metadata.unwrap().labels.unwrap();
         assert_eq!(labels, workload::labels("hook-receiver", "github"));
         let pod = template.spec.unwrap();
-        assert_eq!(pod.termination_grace_period_seconds, Some(40));
+        // The preStop pause, the receiver's shutdownTimeout and the final flush.
+        assert_eq!(pod.termination_grace_period_seconds, Some(45));
+        let pre_stop = pod.containers[0]
+            .lifecycle
+            .as_ref()
+            .unwrap()
+            .pre_stop
+            .as_ref();
+        assert_eq!(pre_stop.unwrap().sleep.as_ref().unwrap().seconds, 5);
         let container = &pod.containers[0];
         assert_eq!(container.name, "hook-receiver");
         assert_eq!(container.image.as_deref(), Some("omninode/bridge:test"));
@@ -1130,11 +1262,8 @@ mod tests {
             ]
         );
         let volumes = pod.volumes.unwrap();
-        let spool = volumes.iter().find(|v| v.name == "spool").unwrap();
-        assert_eq!(
-            spool.empty_dir.as_ref().unwrap().size_limit,
-            Some(Quantity("1Gi".into()))
-        );
+        // The spool comes from the claim template, not from a volume of the Pod.
+        assert!(volumes.iter().all(|v| v.name != "spool"));
         let secret = volumes
             .iter()
             .find(|v| v.name == mounts["/etc/hook-receiver/secrets/hmac"])
@@ -1155,7 +1284,7 @@ mod tests {
     #[test]
     fn the_pods_run_under_the_restricted_security_standard() {
         let pod = plan_of(&github(), b"x", false)
-            .deployment
+            .stateful_set
             .spec
             .unwrap()
             .template
@@ -1175,35 +1304,99 @@ mod tests {
     }
 
     #[test]
-    fn a_claim_spool_gets_its_own_directory_per_pod() {
+    fn each_replica_gets_a_spool_claim_that_outlives_its_pods() {
         let mut wi = github();
-        wi.spec.spool.persistent_volume_claim = Some(
-            serde_json::from_value(json!({"accessModes": ["ReadWriteOnce"],
-                "resources": {"requests": {"storage": "2Gi"}}}))
-            .unwrap(),
+        wi.spec.spool.size = Quantity("2Gi".into());
+        wi.spec.spool.storage_class_name = Some("fast".into());
+        let spec = plan_of(&wi, b"x", false).stateful_set.spec.unwrap();
+        assert_eq!(spec.service_name.as_deref(), Some("github-receiver"));
+        let template = &spec.volume_claim_templates.as_ref().unwrap()[0];
+        assert_eq!(template.metadata.name.as_deref(), Some("spool"));
+        let claim = template.spec.as_ref().unwrap();
+        assert_eq!(claim.storage_class_name.as_deref(), Some("fast"));
+        assert_eq!(
+            claim.resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"],
+            Quantity("2Gi".into())
         );
-        let plan = plan_of(&wi, b"x", false);
-        let claim = plan.spool_claim.unwrap();
-        assert_eq!(claim.metadata.name.as_deref(), Some("github-spool"));
-        let pod = plan.deployment.spec.unwrap().template.spec.unwrap();
+        let retention = spec.persistent_volume_claim_retention_policy.unwrap();
+        assert_eq!(retention.when_deleted.as_deref(), Some("Retain"));
+        assert_eq!(retention.when_scaled.as_deref(), Some("Retain"));
+        assert_eq!(
+            spool_claim_name("github", 2),
+            "spool-github-receiver-2",
+            "the name the StatefulSet gives replica 2's claim"
+        );
+        assert_eq!(
+            spool_claim_ordinal("github", "spool-github-receiver-2"),
+            Some(2)
+        );
+
+        // Without a class in the spec, the operator's default, else the cluster's.
+        let settings = WorkloadSettings {
+            spool_storage_class: Some("standard".into()),
+            ..settings()
+        };
+        let set = desired_stateful_set(&github(), &[], &settings, "c");
+        let claim = set.spec.unwrap().volume_claim_templates.unwrap()[0].clone();
+        assert_eq!(
+            claim.spec.unwrap().storage_class_name.as_deref(),
+            Some("standard")
+        );
+    }
+
+    #[test]
+    fn the_spool_holds_less_than_its_claim() {
+        let config = |size: &str| {
+            let mut wi = github();
+            wi.spec.spool.size = Quantity(size.into());
+            let secrets = resolve_secrets(&wi, &secret_data(b"x")).unwrap();
+            receiver_config(&wi, &topics(), &secrets, &settings())
+        };
+        assert_eq!(
+            config("1Gi").unwrap().spool.max_bytes,
+            (1 << 30) - (128 << 20)
+        );
+        // At least 2Mi of headroom.
+        assert_eq!(config("8Mi").unwrap().spool.max_bytes, 6 << 20);
+        let error = config("4Mi").unwrap_err();
+        assert_eq!(error.field, "spec.spool.size");
+    }
+
+    #[test]
+    fn a_drain_job_mounts_one_claim_and_serves_no_webhooks() {
+        let job = desired_drain_job(&github(), &settings(), 1);
+        assert_eq!(
+            job.metadata.name.as_deref(),
+            Some("github-receiver-drain-1")
+        );
+        let template = job.spec.unwrap().template;
+        let labels = template.metadata.unwrap().labels.unwrap();
+        // Not the receivers' labels: the Service must not send it webhooks.
+        assert_eq!(labels[workload::NAME_LABEL], DRAIN_COMPONENT);
+        let pod = template.spec.unwrap();
+        let container = &pod.containers[0];
+        assert_eq!(container.args.as_ref().unwrap().last().unwrap(), "--drain");
+        assert!(container.readiness_probe.is_none());
+        assert!(
+            container
+                .ports
+                .iter()
+                .flatten()
+                .all(|p| p.name.as_deref() != Some("http"))
+        );
         let spool = pod
             .volumes
-            .unwrap()
-            .into_iter()
+            .iter()
+            .flatten()
             .find(|v| v.name == "spool")
             .unwrap();
         assert_eq!(
-            spool.persistent_volume_claim.unwrap().claim_name,
-            "github-spool"
+            spool.persistent_volume_claim.as_ref().unwrap().claim_name,
+            "spool-github-receiver-1"
         );
-        let mount = pod.containers[0]
-            .volume_mounts
-            .iter()
-            .flatten()
-            .find(|m| m.name == "spool")
-            .cloned()
-            .unwrap();
-        assert_eq!(mount.sub_path_expr.as_deref(), Some("$(POD_NAME)"));
+        // The routes' Secrets are not mounted: a drain needs only the config and Kafka.
+        assert!(pod.volumes.iter().flatten().all(|v| v.secret.is_none()));
+        assert_eq!(pod.restart_policy.as_deref(), Some("OnFailure"));
     }
 
     #[test]
@@ -1323,9 +1516,9 @@ mod tests {
         assert_eq!(bytes("1048576"), Ok(1 << 20));
         assert!(bytes("lots").is_err());
         let mut wi = github();
-        wi.spec.spool.size_limit = Quantity("1Ki".into());
+        wi.spec.spool.size = Quantity("1Ki".into());
         let secrets = resolve_secrets(&wi, &secret_data(b"x")).unwrap();
         let error = plan(&wi, &topics(), &secrets, None, &settings(), false).unwrap_err();
-        assert_eq!(error.field, "spec.spool.sizeLimit");
+        assert_eq!(error.field, "spec.spool.size");
     }
 }

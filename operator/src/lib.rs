@@ -10,6 +10,7 @@ pub mod ingress_controller;
 pub mod ingress_plan;
 pub mod kafka_admin;
 pub mod metrics;
+pub mod spool_claims;
 pub mod topic_controller;
 pub mod topic_descriptions;
 pub mod topic_plan;

@@ -59,6 +59,11 @@ struct Args {
     #[arg(long, env = "BRIDGE_WORKLOAD_KAFKA_SECRET")]
     workload_kafka_secret: Option<String>,
 
+    /// The StorageClass of the WebhookIngress receivers' spool claims when a WebhookIngress
+    /// names none. Unset: the cluster's default StorageClass.
+    #[arg(long, env = "BRIDGE_SPOOL_STORAGE_CLASS")]
+    spool_storage_class: Option<String>,
+
     /// Namespaces to watch, comma-separated; all namespaces when unset.
     #[arg(long, env = "WATCH_NAMESPACES", value_delimiter = ',')]
     watch_namespaces: Vec<String>,
@@ -260,6 +265,7 @@ async fn run(args: Args) -> Result<(), StartupError> {
             image_pull_policy: args.workload_image_pull_policy.clone(),
             kafka_bootstrap_servers: args.kafka_bootstrap_servers.clone(),
             kafka_secret: args.workload_kafka_secret.clone(),
+            spool_storage_class: args.spool_storage_class.clone(),
         },
         kafka: kafka.clone(),
         events,

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bridge_api::{EventTopic, condition_type, find_condition};
 use bridge_events::KafkaSettings;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{
     Capabilities, PodSecurityContext, SeccompProfile, Secret, SecretVolumeSource, SecurityContext,
     Volume, VolumeMount,
@@ -65,6 +65,9 @@ pub struct WorkloadSettings {
     /// [`KAFKA_SECRET_KEY`] holds the workloads' librdkafka properties. None: the workloads
     /// connect with the bootstrap servers only.
     pub kafka_secret: Option<String>,
+    /// `--spool-storage-class`: the StorageClass of the receivers' spool claims when a
+    /// WebhookIngress names none. None: the cluster's default StorageClass.
+    pub spool_storage_class: Option<String>,
 }
 
 impl WorkloadSettings {
@@ -474,37 +477,90 @@ pub async fn resolve_topics(
     Ok(Ok(resolved))
 }
 
-/// How far a workload's Deployment has come, as the owner's `Ready` condition: ready when
-/// the rollout of the current template is complete and every wanted replica is ready.
-pub fn deployment_progress(deployment: Option<&Deployment>, what: &str) -> (i32, Decided) {
-    let Some(deployment) = deployment else {
+/// A workload's rollout as its Deployment or StatefulSet reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rollout {
+    pub kind: &'static str,
+    pub name: String,
+    pub wanted: i32,
+    pub ready: i32,
+    /// Replicas of the current template.
+    pub updated: i32,
+    pub total: i32,
+    /// The controller has seen the latest spec.
+    pub observed: bool,
+}
+
+impl From<&Deployment> for Rollout {
+    fn from(deployment: &Deployment) -> Self {
+        let status = deployment.status.clone().unwrap_or_default();
+        Self {
+            kind: "Deployment",
+            name: deployment.name_any(),
+            wanted: deployment
+                .spec
+                .as_ref()
+                .and_then(|s| s.replicas)
+                .unwrap_or(1),
+            ready: status.ready_replicas.unwrap_or(0),
+            updated: status.updated_replicas.unwrap_or(0),
+            total: status.replicas.unwrap_or(0),
+            observed: status.observed_generation >= deployment.metadata.generation,
+        }
+    }
+}
+
+impl From<&StatefulSet> for Rollout {
+    fn from(set: &StatefulSet) -> Self {
+        let status = set.status.clone().unwrap_or_default();
+        // A finished rollout makes the update revision current; until then, Pods of the
+        // old revision are still to be replaced.
+        let rolled = status.update_revision == status.current_revision;
+        Self {
+            kind: "StatefulSet",
+            name: set.name_any(),
+            wanted: set.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+            ready: status.ready_replicas.unwrap_or(0),
+            updated: if rolled {
+                status.current_replicas.unwrap_or(0)
+            } else {
+                status.updated_replicas.unwrap_or(0)
+            },
+            total: status.replicas,
+            observed: status.observed_generation >= set.metadata.generation,
+        }
+    }
+}
+
+/// How far a workload has come, as the owner's `Ready` condition: ready when the rollout
+/// of the current template is complete and every wanted replica is ready.
+pub fn rollout_progress(rollout: Option<Rollout>, what: &str) -> (i32, Decided) {
+    let Some(Rollout {
+        kind,
+        name,
+        wanted,
+        ready,
+        updated,
+        total,
+        observed,
+    }) = rollout
+    else {
         return (
             0,
             Decided::new(
                 condition_type::READY,
                 false,
                 "Progressing",
-                format!("creating the {what} Deployment"),
+                format!("creating the {what} workload"),
             ),
         );
     };
-    let wanted = deployment
-        .spec
-        .as_ref()
-        .and_then(|s| s.replicas)
-        .unwrap_or(1);
-    let status = deployment.status.clone().unwrap_or_default();
-    let ready = status.ready_replicas.unwrap_or(0);
-    let updated = status.updated_replicas.unwrap_or(0);
-    let total = status.replicas.unwrap_or(0);
-    let observed = status.observed_generation >= deployment.metadata.generation;
-    let name = deployment.name_any();
     let decided = if !observed {
         Decided::new(
             condition_type::READY,
             false,
             "Progressing",
-            format!("Deployment {name} has not seen its latest spec yet"),
+            format!("{kind} {name} has not seen its latest spec yet"),
         )
     } else if wanted == 0 {
         Decided::new(
@@ -518,15 +574,16 @@ pub fn deployment_progress(deployment: Option<&Deployment>, what: &str) -> (i32,
             condition_type::READY,
             false,
             "Progressing",
-            format!("rolling out Deployment {name}: {updated} of {wanted} replicas updated"),
+            format!("rolling out {kind} {name}: {updated} of {wanted} replicas updated"),
         )
     } else if ready < wanted {
+        let resource = kind.to_lowercase();
         Decided::new(
             condition_type::READY,
             false,
             "ReplicasNotReady",
             format!(
-                "{ready} of {wanted} replicas of Deployment {name} are ready; see `kubectl describe deployment {name}` and the pods' /readyz"
+                "{ready} of {wanted} replicas of {kind} {name} are ready; see `kubectl describe {resource} {name}` and the pods' /readyz"
             ),
         )
     } else {
@@ -663,6 +720,7 @@ mod tests {
             image_pull_policy: None,
             kafka_bootstrap_servers: "k:9092".into(),
             kafka_secret: None,
+            spool_storage_class: None,
         };
         let kafka = settings.workload_kafka();
         assert_eq!(kafka.bootstrap_servers, "k:9092");
@@ -750,18 +808,15 @@ mod tests {
 
     #[test]
     fn a_deployment_is_ready_only_when_its_rollout_is_complete() {
-        let reason = |d: &Deployment| deployment_progress(Some(d), "receiver").1.reason;
+        let reason = |d: &Deployment| rollout_progress(Some(d.into()), "receiver").1.reason;
         assert_eq!(reason(&deployment(2, 2, 2, true)), "Running");
         assert_eq!(reason(&deployment(2, 2, 2, false)), "Progressing");
         assert_eq!(reason(&deployment(2, 1, 2, true)), "Progressing");
         assert_eq!(reason(&deployment(2, 2, 1, true)), "ReplicasNotReady");
         assert_eq!(reason(&deployment(0, 0, 0, true)), "ScaledToZero");
+        assert_eq!(rollout_progress(None, "receiver").1.reason, "Progressing");
         assert_eq!(
-            deployment_progress(None, "receiver").1.reason,
-            "Progressing"
-        );
-        assert_eq!(
-            deployment_progress(Some(&deployment(3, 3, 3, true)), "r").0,
+            rollout_progress(Some((&deployment(3, 3, 3, true)).into()), "r").0,
             3
         );
     }

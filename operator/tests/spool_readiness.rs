@@ -45,7 +45,7 @@ async fn a_full_spool_takes_its_receiver_out_of_the_service_until_kafka_is_back(
         "metadata": {"name": "hooks"},
         "spec": {
             "replicas": 2,
-            "spool": {"sizeLimit": "1Mi"},
+            "spool": {"size": "8Mi"},
             "routes": [{
                 "name": "hooks", "path": "/hooks", "topic": "hooks", "auth": {"none": {}},
                 "eventType": {"value": "com.example.spooled"},
@@ -86,7 +86,7 @@ async fn a_full_spool_takes_its_receiver_out_of_the_service_until_kafka_is_back(
         .timeout(std::time::Duration::from_secs(30))
         .build()
         .unwrap();
-    let padding = "x".repeat(64 * 1024);
+    let padding = "x".repeat(256 * 1024);
     let send = |endpoint: String, n: usize| {
         let http = http.clone();
         let body = json!({"n": n, "padding": padding}).to_string();

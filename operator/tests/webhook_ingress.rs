@@ -11,7 +11,7 @@ use bridge_api::{EventTopic, WebhookIngress};
 use bridge_e2e::{Stack, TestNamespace, eventually, unique_name};
 use futures::StreamExt;
 use hook_receiver::config::ReceiverConfig;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -165,12 +165,12 @@ impl Fixture {
     }
 
     async fn checksum(&self, deployment: &str) -> String {
-        let deployment: Deployment = self.wait_for("the receiver Deployment", deployment).await;
+        let deployment: StatefulSet = self.wait_for("the receiver StatefulSet", deployment).await;
         deployment_checksum(&deployment)
     }
 }
 
-fn deployment_checksum(deployment: &Deployment) -> String {
+fn deployment_checksum(deployment: &StatefulSet) -> String {
     deployment
         .spec
         .as_ref()
@@ -233,8 +233,8 @@ async fn a_webhook_ingress_becomes_a_configured_receiver_with_service_pdb_and_in
         Stack::from_env().unwrap().kafka_bootstrap_servers
     );
 
-    let deployment: Deployment = f
-        .wait_for("the receiver Deployment", "github-receiver")
+    let deployment: StatefulSet = f
+        .wait_for("the receiver StatefulSet", "github-receiver")
         .await;
     let owner = &deployment.metadata.owner_references.as_ref().unwrap()[0];
     assert_eq!(owner.kind, "WebhookIngress");
@@ -336,7 +336,7 @@ async fn a_missing_secret_is_reported_by_name_and_creating_it_heals() {
         ready.message
     );
     assert!(
-        f.api::<Deployment>()
+        f.api::<StatefulSet>()
             .get_opt("github-receiver")
             .await
             .unwrap()
@@ -344,7 +344,7 @@ async fn a_missing_secret_is_reported_by_name_and_creating_it_heals() {
     );
 
     f.create_secret("not-yet", "s3cret").await;
-    f.wait_for::<Deployment>("the Deployment once the Secret exists", "github-receiver")
+    f.wait_for::<StatefulSet>("the StatefulSet once the Secret exists", "github-receiver")
         .await;
     eventually("Ready no longer SecretNotFound", BOUND, || async {
         let wi = f.ingresses.get("github").await.ok()?;
@@ -423,9 +423,9 @@ async fn a_secret_change_rolls_the_pods_within_a_resync() {
     let before = f.checksum("github-receiver").await;
 
     f.set_secret("github-webhook", "two").await;
-    let deployments = f.api::<Deployment>();
+    let sets = f.api::<StatefulSet>();
     let after = eventually("a new checksum on the pod template", RESYNC * 4, || async {
-        let deployment = deployments.get("github-receiver").await.ok()?;
+        let deployment = sets.get("github-receiver").await.ok()?;
         let checksum = deployment_checksum(&deployment);
         (checksum != before).then_some(checksum)
     })
@@ -512,7 +512,7 @@ async fn an_http_route_without_gateway_api_is_degraded_while_the_receiver_runs()
         "{}",
         degraded.message
     );
-    f.wait_for::<Deployment>("the Deployment all the same", "github-receiver")
+    f.wait_for::<StatefulSet>("the StatefulSet all the same", "github-receiver")
         .await;
 }
 
@@ -552,9 +552,9 @@ async fn a_paused_object_is_left_alone_until_the_annotation_goes() {
         )
         .await
         .unwrap();
-    let deployments = f.api::<Deployment>();
+    let sets = f.api::<StatefulSet>();
     eventually("the rollout once unpaused", BOUND, || async {
-        let deployment = deployments.get("github-receiver").await.ok()?;
+        let deployment = sets.get("github-receiver").await.ok()?;
         (deployment_checksum(&deployment) != before).then_some(())
     })
     .await;
@@ -571,14 +571,14 @@ async fn with_nothing_changed_a_reconcile_writes_nothing() {
     f.wait_for::<Ingress>("the Ingress", "github-receiver")
         .await;
 
-    // The Deployment's and PDB's status move with their pods (the controller manager
+    // The StatefulSet's and PDB's status move with their pods (the controller manager
     // writes them), so for those the spec's generation counts; the rest must keep their
     // resourceVersion, and the operator must make no status write.
     let snapshot = || async {
         let cm = f.api::<ConfigMap>().get("github-receiver").await.ok()?;
         let service = f.api::<Service>().get("github-receiver").await.ok()?;
         let ingress = f.api::<Ingress>().get("github-receiver").await.ok()?;
-        let deployment = f.api::<Deployment>().get("github-receiver").await.ok()?;
+        let deployment = f.api::<StatefulSet>().get("github-receiver").await.ok()?;
         let pdb = f
             .api::<PodDisruptionBudget>()
             .get("github-receiver")

@@ -10,7 +10,7 @@ use bridge_api::{EventTopic, WebhookIngress};
 use bridge_e2e::{Stack, TestNamespace, eventually, unique_name};
 use futures::StreamExt;
 use hook_receiver::config::ReceiverConfig;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use rdkafka::Message;
@@ -31,7 +31,7 @@ async fn a_receiver_connects_with_the_properties_of_its_namespaces_kafka_secret(
     let ingresses: Api<WebhookIngress> = Api::namespaced(client.clone(), &ns.name);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns.name);
 
     let kafka_topic = unique_name("open");
     create(
@@ -75,13 +75,7 @@ async fn a_receiver_connects_with_the_properties_of_its_namespaces_kafka_secret(
         "{}",
         missing.message
     );
-    assert!(
-        deployments
-            .get_opt("open-receiver")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(sets.get_opt("open-receiver").await.unwrap().is_none());
 
     let secret: Secret = serde_json::from_value(json!({
         "metadata": {"name": KAFKA_SECRET},
@@ -140,12 +134,12 @@ async fn a_receiver_connects_with_the_properties_of_its_namespaces_kafka_secret(
     assert_eq!(message.payload(), Some(body.as_slice()));
 
     // Rotated credentials roll the pods within a resync, as a route's Secret does.
-    let checksum = |deployment: Deployment| {
+    let checksum = |deployment: StatefulSet| {
         deployment.spec?.template.metadata?.annotations?[CHECKSUM]
             .clone()
             .into()
     };
-    let before: Option<String> = checksum(deployments.get("open-receiver").await.unwrap());
+    let before: Option<String> = checksum(sets.get("open-receiver").await.unwrap());
     secrets
         .patch(
             KAFKA_SECRET,
@@ -155,7 +149,7 @@ async fn a_receiver_connects_with_the_properties_of_its_namespaces_kafka_secret(
         .await
         .unwrap();
     eventually("a new checksum on the pod template", BOUND, || async {
-        let now = checksum(deployments.get("open-receiver").await.ok()?);
+        let now = checksum(sets.get("open-receiver").await.ok()?);
         (now.is_some() && now != before).then_some(())
     })
     .await;

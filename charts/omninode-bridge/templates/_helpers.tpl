@@ -97,7 +97,11 @@ argocd.argoproj.io/sync-wave: {{ .Values.argocd.syncWaves.operator | quote }}
 # The workloads of EventConsumer and WebhookIngress: owned, applied server-side, orphans
 # deleted.
 - apiGroups: ["apps"]
-  resources: ["deployments"]
+  resources: ["deployments", "statefulsets"]
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+# The Jobs that drain the spool claims of receivers scaled away or deleted.
+- apiGroups: ["batch"]
+  resources: ["jobs"]
   verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
 - apiGroups: [""]
   resources: ["services", "configmaps"]
@@ -110,12 +114,13 @@ argocd.argoproj.io/sync-wave: {{ .Values.argocd.syncWaves.operator | quote }}
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
-# A WebhookIngress whose spool is a claim: created from the spec, never deleted (it may
-# hold spooled events).
+# The receivers' spool claims (made by their StatefulSet): listed to find the claims of
+# replicas gone, and deleted only after a drain Job found one empty.
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
-  verbs: ["get", "create", "patch"]
-# A replay waits until no Pod of the consumer runs before it moves the group's offsets.
+  verbs: ["list", "delete"]
+# A replay waits until no Pod of the consumer runs before it moves the group's offsets; a
+# spool claim is drained only once its replica's Pod is gone.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list"]

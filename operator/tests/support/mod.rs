@@ -351,3 +351,162 @@ pub async fn ready_endpoints(
     }
     endpoints.into_iter().collect()
 }
+
+/// Webhooks sent one after another, each with its own correlation id (the Kafka key) in
+/// the header `x-delivery`, counted by how they were answered.
+pub struct Webhooks {
+    http: reqwest::Client,
+    url: String,
+    sent: usize,
+    /// Correlation ids of the webhooks answered 2xx: the ones that must reach Kafka.
+    pub acknowledged: Vec<String>,
+    /// Answers other than 2xx, and requests that got no answer (refused, reset).
+    pub failed: Vec<String>,
+}
+
+impl Webhooks {
+    pub fn new(url: String) -> Self {
+        Self {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap(),
+            url,
+            sent: 0,
+            acknowledged: Vec::new(),
+            failed: Vec::new(),
+        }
+    }
+
+    /// Sends `count` webhooks with ids `<prefix>-<n>`.
+    pub async fn send(&mut self, prefix: &str, count: usize) {
+        for n in 0..count {
+            let id = format!("{prefix}-{n}");
+            self.sent += 1;
+            let answer = self
+                .http
+                .post(&self.url)
+                .header("content-type", "application/json")
+                .header("x-delivery", &id)
+                .body(serde_json::json!({"id": id}).to_string())
+                .send()
+                .await;
+            match answer {
+                Ok(response) if response.status().is_success() => self.acknowledged.push(id),
+                Ok(response) => self
+                    .failed
+                    .push(format!("{id}: HTTP {}", response.status())),
+                Err(error) => self.failed.push(format!("{id}: {error}")),
+            }
+        }
+    }
+
+    pub fn sent(&self) -> usize {
+        self.sent
+    }
+}
+
+/// What reached Kafka of what was acknowledged.
+#[derive(Debug)]
+pub struct Delivered {
+    pub on_kafka: usize,
+    pub duplicates: usize,
+    pub missing: Vec<String>,
+}
+
+/// Reads `topic` from the start until every id in `acknowledged` is there as a record key
+/// (or `bound` passes), then counts what came twice and what never came.
+pub async fn delivered(topic: &str, acknowledged: &[String], bound: Duration) -> Delivered {
+    use futures::StreamExt;
+    use rdkafka::Message;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    let consumer: StreamConsumer = Stack::from_env()
+        .unwrap()
+        .kafka_config()
+        .set("group.id", bridge_e2e::unique_name("spool-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let wanted: std::collections::BTreeSet<&str> =
+        acknowledged.iter().map(String::as_str).collect();
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut stream = consumer.stream();
+    let deadline = tokio::time::Instant::now() + bound;
+    while wanted.iter().any(|id| !seen.contains_key(*id)) {
+        let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, stream.next()).await else {
+            break;
+        };
+        if let Some(key) = message.key() {
+            *seen
+                .entry(String::from_utf8_lossy(key).into_owned())
+                .or_default() += 1;
+        }
+    }
+    // Duplicates that arrive a moment after the last missing id are counted too.
+    while let Ok(Some(Ok(message))) =
+        tokio::time::timeout(Duration::from_secs(3), stream.next()).await
+    {
+        if let Some(key) = message.key() {
+            *seen
+                .entry(String::from_utf8_lossy(key).into_owned())
+                .or_default() += 1;
+        }
+    }
+    Delivered {
+        on_kafka: wanted.iter().filter(|id| seen.contains_key(**id)).count(),
+        duplicates: seen.values().map(|n| n - 1).sum(),
+        missing: wanted
+            .iter()
+            .filter(|id| !seen.contains_key(**id))
+            .map(|id| id.to_string())
+            .collect(),
+    }
+}
+
+/// A WebhookIngress with one unsigned route `/hooks` to the EventTopic `topic`, keyed by
+/// the `x-delivery` header, and a small spool per replica.
+pub fn spooling_ingress(name: &str, replicas: i32, topic: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "bridge.omninode.io/v1alpha1",
+        "kind": "WebhookIngress",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "spool": {"size": "64Mi"},
+            "routes": [{
+                "name": "hooks", "path": "/hooks", "topic": topic, "auth": {"none": {}},
+                "eventType": {"value": "com.example.spooled"},
+                "correlationId": {"header": "x-delivery"},
+            }],
+        },
+    })
+}
+
+/// The Service's cluster address for senders, `http://<cluster-ip>/hooks`.
+pub async fn service_url(client: &kube::Client, namespace: &str, service: &str) -> String {
+    use k8s_openapi::api::core::v1::Service;
+    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+    let ip = services
+        .get(service)
+        .await
+        .unwrap()
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .unwrap();
+    format!("http://{ip}/hooks")
+}
+
+/// The names of the claims in `namespace`.
+pub async fn claim_names(client: &kube::Client, namespace: &str) -> Vec<String> {
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+    claims
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|c| c.metadata.name)
+        .collect()
+}

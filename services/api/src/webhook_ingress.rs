@@ -1,7 +1,6 @@
-//! `WebhookIngress`: a `hook-receiver` Deployment, Service and ConfigMap that verify webhooks
+//! `WebhookIngress`: a `hook-receiver` StatefulSet, Service and ConfigMap that verify webhooks
 //! and publish each one to Kafka as a CloudEvent, route by route.
 
-use k8s_openapi::api::core::v1::PersistentVolumeClaimSpec;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
@@ -61,8 +60,12 @@ pub struct WebhookIngressSpec {
     )]
     pub routes: Vec<Route>,
 
-    /// Local spool used while Kafka is away: an emptyDir unless a claim is given.
+    /// Each replica's spool, which holds acknowledged events while Kafka is away: a
+    /// PersistentVolumeClaim per replica that outlives its Pods. Fixed at creation.
     #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message(
+        "spec.spool is fixed at creation: each replica's claim is made from it and a StatefulSet's claim template cannot change; create a new WebhookIngress for another size or StorageClass"
+    ))]
     pub spool: Spool,
 
     /// Make the routes reachable from outside the cluster.
@@ -291,13 +294,16 @@ pub struct NoAuth {}
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Spool {
-    /// Most bytes the spool holds before the receiver answers 503; also the emptyDir's
-    /// sizeLimit. Default 1Gi.
+    /// The storage each replica's claim requests, at least 8Mi. The spool holds up to an
+    /// eighth less (at least 2Mi less), room for the filesystem's own use; past that the
+    /// receiver answers 503. Default 1Gi.
     #[serde(default = "default_spool_size")]
-    pub size_limit: Quantity,
-    /// Spool on a claim of this spec instead of an emptyDir.
+    pub size: Quantity,
+    /// The claims' StorageClass; when absent, the operator's default
+    /// (`--spool-storage-class`), else the cluster's default StorageClass.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub persistent_volume_claim: Option<PersistentVolumeClaimSpec>,
+    #[schemars(length(min = 1, max = 253))]
+    pub storage_class_name: Option<String>,
 }
 
 fn default_spool_size() -> Quantity {
@@ -307,8 +313,8 @@ fn default_spool_size() -> Quantity {
 impl Default for Spool {
     fn default() -> Self {
         Self {
-            size_limit: default_spool_size(),
-            persistent_volume_claim: None,
+            size: default_spool_size(),
+            storage_class_name: None,
         }
     }
 }
@@ -396,6 +402,28 @@ pub struct WebhookIngressStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub routes: Vec<RouteStatus>,
+    /// Each replica's spool claim and the events it holds, including claims of replicas
+    /// scaled away (or of a WebhookIngress being deleted) until they are drained.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["claim".into()]))]
+    pub spools: Vec<SpoolStatus>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SpoolStatus {
+    /// The PersistentVolumeClaim.
+    pub claim: String,
+    /// `Serving`: a replica spools into it. `Draining`: no replica has it any more, and a
+    /// drain Job is sending what it holds to Kafka; the claim is deleted once it is empty.
+    /// `Pending`: the claim waits for a volume.
+    pub state: String,
+    /// The Pod that has the claim mounted: the replica or the drain Job's Pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// Events in the spool not yet in Kafka, as that Pod last reported them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records: Option<u64>,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -430,7 +458,7 @@ mod tests {
         ]}));
         assert_eq!(wi.spec.replicas, 2);
         assert_eq!(wi.spec.routes[0].max_body_bytes, 1_048_576);
-        assert_eq!(wi.spec.spool.size_limit.0, "1Gi");
+        assert_eq!(wi.spec.spool.size.0, "1Gi");
         assert_eq!(wi.spec.routes[0].auth.kind(), Some(AuthKind::None));
     }
 

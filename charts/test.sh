@@ -315,7 +315,7 @@ for KIND in eventtopics eventconsumers webhookingresses; do
   mustnt update customresourcedefinitions.apiextensions.k8s.io/"$CR"
 done
 # The workloads: applied server-side, watched as owned objects, pruned when the spec drops them.
-for KIND in deployments.apps services configmaps poddisruptionbudgets.policy ingresses.networking.k8s.io; do
+for KIND in deployments.apps statefulsets.apps jobs.batch services configmaps poddisruptionbudgets.policy ingresses.networking.k8s.io; do
   for verb in get list watch create patch delete; do must "$verb" "$KIND" -n "$NS_USER"; done
 done
 # kubectl cannot name a kind the cluster does not serve (no Gateway API here), so the
@@ -333,8 +333,10 @@ EOF
 for verb in get list watch create patch delete; do
   [ "$(may_httproute "$verb")" = true ] || fail "the operator's ServiceAccount cannot: $verb httproutes.gateway.networking.k8s.io"
 done
-for verb in get create patch; do must "$verb" persistentvolumeclaims -n "$NS_USER"; done
-mustnt delete persistentvolumeclaims -n "$NS_USER"
+# Spool claims are made by the receivers' StatefulSets; the operator lists them and deletes
+# one only after its drain Job found it empty. It never creates or changes one.
+for verb in list delete; do must "$verb" persistentvolumeclaims -n "$NS_USER"; done
+for verb in create patch; do mustnt "$verb" persistentvolumeclaims -n "$NS_USER"; done
 must list pods -n "$NS_USER"
 must create events.events.k8s.io -n "$NS_USER"
 must patch events.events.k8s.io -n "$NS_USER"

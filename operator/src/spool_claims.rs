@@ -138,6 +138,10 @@ impl SpoolClaims {
             let Some(ordinal) = spool_claim_ordinal(&name, &claim.name_any()) else {
                 continue;
             };
+            // A claim being deleted was drained already; it goes once no Pod uses it.
+            if claim.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
             let pending = claim.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending");
             let class = claim
                 .spec

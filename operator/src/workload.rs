@@ -435,7 +435,9 @@ impl TopicProblem {
     }
 }
 
-/// The Kafka topic name of the EventTopic `name`, if it exists and is Ready.
+/// The Kafka topic name of the EventTopic `name`, if it exists and is Ready, or was made in
+/// Kafka and only Kafka is away now: a workload then still changes with its spec or a
+/// rotated Secret (its Pods wait for Kafka, or spool, as they would anyway).
 pub fn resolve_topic(topic: Option<&EventTopic>, name: &str) -> Result<String, TopicProblem> {
     let Some(topic) = topic else {
         return Err(TopicProblem::NotFound { name: name.into() });
@@ -445,8 +447,12 @@ pub fn resolve_topic(topic: Option<&EventTopic>, name: &str) -> Result<String, T
         .as_ref()
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
+    let made_in_kafka = topic.status.as_ref().is_some_and(|s| s.topic_id.is_some());
     match find_condition(conditions, condition_type::READY) {
         Some(c) if c.status == "True" => Ok(topic.topic_name().to_owned()),
+        Some(c) if c.reason == "KafkaUnavailable" && made_in_kafka => {
+            Ok(topic.topic_name().to_owned())
+        }
         Some(c) => Err(TopicProblem::NotReady {
             name: name.into(),
             reason: c.reason.clone(),
@@ -764,6 +770,13 @@ mod tests {
             Err(TopicProblem::NotFound {
                 name: "orders".into()
             })
+        );
+        let mut away = topic(Some(("False", "KafkaUnavailable")));
+        away.status.as_mut().unwrap().topic_id = Some("4rK0Ow1mQ2yQ0bEMcAGPFw".into());
+        assert_eq!(
+            resolve_topic(Some(&away), "orders"),
+            Ok("team-a.orders".into()),
+            "a topic made in Kafka keeps its name while Kafka is away"
         );
         let problem =
             resolve_topic(Some(&topic(Some(("False", "KafkaUnavailable")))), "orders").unwrap_err();

@@ -434,24 +434,25 @@ pub async fn delivered(topic: &str, acknowledged: &[String], bound: Duration) ->
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     let mut stream = consumer.stream();
     let deadline = tokio::time::Instant::now() + bound;
-    while wanted.iter().any(|id| !seen.contains_key(*id)) {
-        let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, stream.next()).await else {
-            break;
-        };
+    fn count(seen: &mut BTreeMap<String, usize>, message: &impl Message) {
         if let Some(key) = message.key() {
             *seen
                 .entry(String::from_utf8_lossy(key).into_owned())
                 .or_default() += 1;
         }
     }
+    while wanted.iter().any(|id| !seen.contains_key(*id)) {
+        // Errors (brokers still coming back) are librdkafka's to retry: keep reading.
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok(message))) => count(&mut seen, &message),
+            Ok(Some(Err(_))) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
     // Duplicates that arrive a moment after the last missing id are counted too.
-    while let Ok(Some(Ok(message))) =
-        tokio::time::timeout(Duration::from_secs(3), stream.next()).await
-    {
-        if let Some(key) = message.key() {
-            *seen
-                .entry(String::from_utf8_lossy(key).into_owned())
-                .or_default() += 1;
+    while let Ok(Some(next)) = tokio::time::timeout(Duration::from_secs(3), stream.next()).await {
+        if let Ok(message) = next {
+            count(&mut seen, &message);
         }
     }
     Delivered {

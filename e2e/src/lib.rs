@@ -273,6 +273,21 @@ impl TestNamespace {
 impl Drop for TestNamespace {
     fn drop(&mut self) {
         // Blocking and outside the test's runtime, which may already be shutting down.
+        // The test's operator is gone by now, so nothing would ever remove the spool
+        // finalizer of a WebhookIngress left here: the test discards its spools instead.
+        let ingresses = Command::new("kubectl")
+            .args(["get", "webhookingresses", "-n", &self.name, "-o", "name"])
+            .output();
+        for ingress in ingresses
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+            .lines()
+        {
+            let _ = Command::new("kubectl")
+                .args(["patch", ingress, "-n", &self.name, "--type=merge"])
+                .args(["-p", r#"{"metadata":{"finalizers":null}}"#])
+                .output();
+        }
         let _ = Command::new("kubectl")
             .args([
                 "delete",

@@ -327,10 +327,10 @@ fn ignore_gone<T>(result: Result<T, kube::Error>) -> Result<(), kube::Error> {
 async fn spooled_records(
     http: &HttpClient<hyper_util::client::legacy::connect::HttpConnector, Empty<bytes::Bytes>>,
     ip: &str,
-) -> Option<u64> {
+) -> Option<i64> {
     #[derive(serde::Deserialize)]
     struct Spool {
-        records: u64,
+        records: i64,
     }
     let host = if ip.contains(':') {
         format!("[{ip}]")

@@ -423,7 +423,8 @@ pub struct SpoolStatus {
     pub pod: Option<String>,
     /// Events in the spool not yet in Kafka, as that Pod last reported them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub records: Option<u64>,
+    #[schemars(range(min = 0))]
+    pub records: Option<i64>,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]

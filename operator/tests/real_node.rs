@@ -225,6 +225,8 @@ async fn a_wedged_receiver_is_restarted_by_its_liveness_probe() {
 async fn a_new_workload_image_rolls_the_receivers_onto_it() {
     let mut receiver = Receiver::start("node-roll").await;
     let (old_pod, _) = receiver.running_pod().await;
+    // A StatefulSet's replacement keeps the name: Pods are told apart by uid.
+    let old_uid = receiver.pods.get(&old_pod).await.unwrap().metadata.uid;
     // The same image by its digest alone: a new reference, as an upgrade's new tag is.
     let image = support::workload_image();
     let (name, digest) = image
@@ -255,19 +257,20 @@ async fn a_new_workload_image_rolls_the_receivers_onto_it() {
                     .flatten()
                     .any(|c| c.type_ == "Ready" && c.status == "True");
                 (ready && image == by_digest && pod.metadata.deletion_timestamp.is_none())
-                    .then_some(pod.metadata.name?)
+                    .then_some(pod.metadata.uid)
             })
         },
     )
     .await;
-    assert_ne!(new_pod, old_pod);
+    assert_ne!(new_pod, old_uid);
     eventually("the old receiver Pod to be gone", BOUND, || async {
-        receiver
+        let pods = receiver
             .pods
-            .get_opt(&old_pod)
+            .list(&ListParams::default().labels("app.kubernetes.io/name=hook-receiver"))
             .await
-            .ok()?
-            .is_none()
+            .ok()?;
+        pods.iter()
+            .all(|pod| pod.metadata.uid != old_uid)
             .then_some(())
     })
     .await;

@@ -425,10 +425,10 @@ async fn drain_spools(
         .iter()
         .map(|&ordinal| ingress_plan::desired_drain_job(wi, &ctx.workload.settings, ordinal))
         .collect();
-    for job in &jobs {
+    for (&ordinal, job) in decisions.start_drain.iter().zip(&jobs) {
         let note = format!(
             "no replica has spool claim {} any more: Job {} drains it into Kafka",
-            ingress_plan::spool_claim_name(&wi.name_any(), job_ordinal(job)),
+            ingress_plan::spool_claim_name(&wi.name_any(), ordinal),
             job.name_any()
         );
         event(ctx, wi, EventType::Normal, "SpoolDraining", &note).await;
@@ -437,14 +437,6 @@ async fn drain_spools(
         event(ctx, wi, EventType::Normal, "SpoolDrained", &note).await;
     }
     Ok((spools, decisions))
-}
-
-fn job_ordinal(job: &Job) -> u32 {
-    job.name_any()
-        .rsplit('-')
-        .next()
-        .and_then(|o| o.parse().ok())
-        .unwrap_or_default()
 }
 
 fn drain_failed_message(wi: &WebhookIngress, decisions: &Decisions) -> String {

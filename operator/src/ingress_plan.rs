@@ -93,7 +93,13 @@ pub fn spool_claim_name(name: &str, ordinal: u32) -> String {
 
 /// The replica whose claim `claim` is, when it is one of the WebhookIngress `name`.
 pub fn spool_claim_ordinal(name: &str, claim: &str) -> Option<u32> {
-    let ordinal = claim.strip_prefix(&format!("{SPOOL_VOLUME}-{}-", workload_name(name)))?;
+    ordinal_after(&format!("{SPOOL_VOLUME}-{}-", workload_name(name)), claim)
+}
+
+/// The ordinal that ends `name` after `prefix`, written as a StatefulSet writes it (no
+/// leading zeros).
+pub fn ordinal_after(prefix: &str, name: &str) -> Option<u32> {
+    let ordinal = name.strip_prefix(prefix)?;
     if ordinal.starts_with('0') && ordinal != "0" {
         return None;
     }

@@ -19,7 +19,8 @@ use kube::api::{DeleteParams, ListParams, Preconditions};
 use kube::{Api, Client, ResourceExt};
 
 use crate::ingress_plan::{
-    self, ADMIN_PORT, COMPONENT, DRAIN_COMPONENT, drain_job_name, spool_claim_ordinal,
+    self, ADMIN_PORT, COMPONENT, DRAIN_COMPONENT, drain_job_name, ordinal_after,
+    spool_claim_ordinal,
 };
 use crate::workload;
 
@@ -115,13 +116,6 @@ fn selector(component: &str, instance: &str) -> String {
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(",")
-}
-
-fn ordinal_after(prefix: &str, name: &str) -> Option<u32> {
-    let ordinal = name.strip_prefix(prefix)?;
-    (!ordinal.starts_with('0') || ordinal == "0")
-        .then(|| ordinal.parse().ok())
-        .flatten()
 }
 
 impl SpoolClaims {

@@ -121,17 +121,7 @@ async fn a_drain_waits_for_the_spools_owner_then_delivers_every_spooled_event_on
             spool_dir.display()
         )
     );
-    let segments_left = std::fs::read_dir(&spool_dir)
-        .unwrap()
-        .filter(|entry| {
-            entry
-                .as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .starts_with("segment-")
-        })
-        .count();
+    let segments_left = segments_in(&spool_dir);
     assert_eq!(segments_left, 0, "drained segments are deleted");
     eprintln!(
         "drain: {} spooled, {} on Kafka after the drain",
@@ -193,7 +183,13 @@ async fn sigterm_drains_the_spool_into_kafka_before_the_receiver_exits() {
     assert!(log.contains("the spool is drained"), "{log}");
     let messages = read_topic(&stack, &topic, acknowledged.len(), Duration::from_secs(30)).await;
     assert_eq!(assert_all_arrived_in_key_order(&acknowledged, &messages), 0);
-    let segments_left = std::fs::read_dir(receiver.dir.join("spool"))
+    let segments_left = segments_in(&receiver.dir.join("spool"));
+    assert_eq!(segments_left, 0, "the claim is left empty");
+}
+
+/// How many spool segment files `dir` holds.
+fn segments_in(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
         .unwrap()
         .filter(|entry| {
             entry
@@ -203,6 +199,5 @@ async fn sigterm_drains_the_spool_into_kafka_before_the_receiver_exits() {
                 .to_string_lossy()
                 .starts_with("segment-")
         })
-        .count();
-    assert_eq!(segments_left, 0, "the claim is left empty");
+        .count()
 }

@@ -9,6 +9,7 @@ pub mod dedupe;
 pub mod extract;
 pub mod metrics;
 pub mod publisher;
+pub mod record_limits;
 pub mod server;
 pub mod spool;
 
@@ -23,6 +24,7 @@ use prometheus_client::registry::Registry;
 use crate::breaker::{Breaker, BreakerState};
 use crate::config::ReceiverConfig;
 use crate::publisher::Publisher;
+use crate::record_limits::RecordLimits;
 use crate::server::{AuditLimiter, Receiver, Route};
 use crate::spool::{Spool, SpoolFull};
 
@@ -193,6 +195,8 @@ pub struct Drained {
     pub remaining: u64,
     /// Segments cut short by a record that failed its CRC: their rest is lost.
     pub corrupt_segments: u64,
+    /// Records in the spool's quarantine file: refused by Kafka for good, kept there.
+    pub quarantined: u64,
     /// Stopped by a signal while another process held the spool: nothing was looked at.
     pub lock_not_taken: bool,
 }
@@ -221,12 +225,24 @@ impl Drained {
                 self.corrupt_segments
             ));
         }
+        if self.quarantined > 0 {
+            line.push_str(&format!(
+                "; {} events Kafka refused for good are kept in {}",
+                self.quarantined,
+                self.dir.join(spool::QUARANTINE).display()
+            ));
+        }
         line
     }
 
-    /// 0, unless records were lost to corruption: a person has to look at that.
+    /// 0, unless records were lost to corruption or wait in quarantine: a person has to
+    /// look at that, and the volume must not be deleted as drained.
     pub fn exit_code(&self) -> u8 {
-        if self.corrupt_segments > 0 { 1 } else { 0 }
+        if self.corrupt_segments > 0 || self.quarantined > 0 {
+            1
+        } else {
+            0
+        }
     }
 }
 
@@ -261,6 +277,7 @@ async fn drain_spool(
         records: 0,
         remaining: 0,
         corrupt_segments: 0,
+        quarantined: 0,
         lock_not_taken: false,
     };
     // A replica that never spooled may have no directory; making one here would only
@@ -294,6 +311,7 @@ async fn drain_spool(
         core.spool.undrained_records()
     };
     drained.corrupt_segments = core.metrics.spool_corrupt.get();
+    drained.quarantined = core.spool.quarantined_records();
     core.stop_admin().await;
     Ok(drained)
 }
@@ -431,6 +449,9 @@ impl Core {
             spool: spool.clone(),
             breaker: breaker.clone(),
         });
+        let limits = Arc::new(RecordLimits::new(publisher::max_record_bytes(
+            &publisher::producer_config(&config.kafka),
+        )));
         let idempotence = Arc::new(publisher::IdempotenceState::default());
         let producer =
             publisher::create_producer(&config.kafka, breaker.clone(), idempotence.clone())?;
@@ -439,10 +460,35 @@ impl Core {
             idempotence,
             spool.clone(),
             breaker.clone(),
-            config.publish_timeout,
             metrics.clone(),
+            publisher::PublishOptions {
+                publish_timeout: config.publish_timeout,
+                limits: limits.clone(),
+                audit_topic: config.audit_topic.clone(),
+            },
         );
         tokio::spawn(publisher.clone().follow_breaker());
+        // Before the first request, where Kafka answers in time: a record over a topic's
+        // limit is then answered 413 from the start.
+        let topic_admin = config.kafka.client_config().create()?;
+        let topics: Vec<String> = config
+            .routes
+            .iter()
+            .map(|route| route.topic.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        match tokio::time::timeout(Duration::from_secs(3), limits.read(&topic_admin, &topics)).await
+        {
+            Ok(None) => {}
+            Ok(Some(error)) => {
+                tracing::warn!(%error, "cannot read the topics' max.message.bytes; an event over a topic's limit is refused by Kafka and quarantined instead of answered 413")
+            }
+            Err(_) => tracing::info!(
+                "Kafka did not tell the topics' max.message.bytes within 3 s; reading them again later"
+            ),
+        }
+        tokio::spawn(async move { limits.follow(topic_admin, topics).await });
         let drainer = tokio::spawn(publisher.clone().drain());
         Ok(Some(Core {
             metrics,
@@ -468,7 +514,8 @@ struct SpoolStatus {
     breaker: Arc<Breaker>,
 }
 
-/// `GET /spool` on the admin server: `{"records", "bytes", "draining"}`, so the operator
+/// `GET /spool` on the admin server: `{"records", "bytes", "draining", "quarantined"}`
+/// (`quarantined`: records Kafka refused for good, in `quarantine.log`), so the operator
 /// can report what each replica's claim holds. `draining`: records are spooled and the
 /// breaker lets the drain send them (false while Kafka is away: they wait). 503 until the
 /// spool is open (its lock is held by another process).
@@ -486,6 +533,7 @@ fn spool_status_router(opened: Arc<std::sync::OnceLock<SpoolStatus>>) -> axum::R
                         "records": records,
                         "bytes": bytes,
                         "draining": draining,
+                        "quarantined": status.spool.quarantined_records(),
                     }))
                     .into_response()
                 }
@@ -840,6 +888,7 @@ mod tests {
             records: 329,
             remaining: 0,
             corrupt_segments: 1,
+            quarantined: 0,
             lock_not_taken: false,
         };
         assert_eq!(drained.exit_code(), 1);
@@ -849,6 +898,23 @@ mod tests {
                 .starts_with("drained 329 events from /var/spool/hook-receiver; 1 spool segments held a corrupt record"),
             "{}",
             drained.message()
+        );
+    }
+
+    #[test]
+    fn a_drain_that_left_records_in_quarantine_fails_so_the_claim_is_kept() {
+        let drained = Drained {
+            dir: "/var/spool/hook-receiver".into(),
+            records: 12,
+            remaining: 0,
+            corrupt_segments: 0,
+            quarantined: 2,
+            lock_not_taken: false,
+        };
+        assert_eq!(drained.exit_code(), 1);
+        assert_eq!(
+            drained.message(),
+            "drained 12 events from /var/spool/hook-receiver; 2 events Kafka refused for good are kept in /var/spool/hook-receiver/quarantine.log"
         );
     }
 }

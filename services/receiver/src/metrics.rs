@@ -21,6 +21,14 @@ pub enum Outcome {
     bad_request,
     /// The spool is full (503).
     unavailable,
+    /// Kafka cannot take the event, now or later (413 too large, 500 not authorized).
+    refused_by_kafka,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QuarantineLabels {
+    /// Kafka's error code, e.g. `MessageSizeTooLarge`.
+    pub error: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -47,6 +55,8 @@ pub struct Metrics {
     /// Spooled copies of in-doubt events that Kafka took from their first send.
     pub already_in_kafka: Counter,
     pub spool_corrupt: Counter,
+    /// Spooled records moved to `quarantine.log`, by what Kafka said.
+    pub quarantined: Family<QuarantineLabels, Counter>,
     /// 0 closed, 1 half-open, 2 open.
     pub breaker_state: Gauge,
     pub audit_events_suppressed: Counter,
@@ -64,6 +74,7 @@ impl Default for Metrics {
             drained: Counter::default(),
             already_in_kafka: Counter::default(),
             spool_corrupt: Counter::default(),
+            quarantined: Family::default(),
             breaker_state: Gauge::default(),
             audit_events_suppressed: Counter::default(),
         }
@@ -116,6 +127,11 @@ impl Metrics {
             "spool_corrupt_segments",
             "Spool segments cut short because a record failed its CRC after it was written",
             self.spool_corrupt.clone(),
+        );
+        registry.register(
+            "quarantined_records",
+            "Spooled records Kafka refused for good, moved to quarantine.log in the spool's directory instead of blocking the records after them",
+            self.quarantined.clone(),
         );
         registry.register(
             "breaker_state",

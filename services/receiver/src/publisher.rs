@@ -129,6 +129,15 @@ pub fn producer_config(settings: &bridge_events::KafkaSettings) -> rdkafka::Clie
     config
 }
 
+/// The producer's `message.max.bytes` (librdkafka's default unless the user set it): the
+/// largest record it sends, by [`record_bytes`].
+pub fn max_record_bytes(config: &rdkafka::ClientConfig) -> usize {
+    config
+        .get("message.max.bytes")
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(1_000_000)
+}
+
 /// Sets the property `names[0]` to `value` unless the user set it under any of `names`
 /// (librdkafka's aliases of one property).
 fn default_unless_set(config: &mut rdkafka::ClientConfig, names: &[&str], value: &str) {
@@ -187,6 +196,65 @@ impl TopicLeaders {
             .collect();
         (!waiting.is_empty()).then(|| format!("partitions {}", waiting.join(", ")))
     }
+}
+
+/// Whether Kafka will never take a record, however often it is sent: larger than the
+/// topic or the producer takes, a record or topic Kafka calls invalid, or a principal not
+/// authorized for the topic. Everything else (brokers away, leaders moving, timeouts)
+/// passes. An unknown topic is not among them: a topic being re-created comes back, so
+/// its records wait in the spool.
+pub fn refused_for_good(error: &KafkaError) -> Option<RDKafkaErrorCode> {
+    use RDKafkaErrorCode::*;
+    let code = error.rdkafka_error_code()?;
+    matches!(
+        code,
+        MessageSizeTooLarge
+            | InvalidMessageSize
+            | InvalidRecord
+            | InvalidTopic
+            | UnsupportedForMessageFormat
+            | TopicAuthorizationFailed
+            | ClusterAuthorizationFailed
+    )
+    .then_some(code)
+}
+
+/// Bytes librdkafka counts against `message.max.bytes` for a record: its value, key and
+/// headers, and the record's own framing (a generous bound on the varints around them).
+pub fn record_bytes(record: &SpoolRecord) -> usize {
+    const RECORD_FRAMING: usize = 64;
+    const HEADER_FRAMING: usize = 10;
+    RECORD_FRAMING
+        + record.key.len()
+        + record.value.len()
+        + record
+            .headers
+            .iter()
+            .map(|(name, value)| name.len() + value.len() + HEADER_FRAMING)
+            .sum::<usize>()
+}
+
+/// Why an event is not durable, and so was not answered 2xx.
+#[derive(Debug)]
+pub enum NotDurable {
+    /// Neither Kafka nor the spool could take it now: the sender should retry later.
+    Unavailable(SpoolError),
+    /// Kafka will never take it: sending it again as it is cannot help.
+    Refused {
+        /// Larger than Kafka takes (the sender could send less).
+        too_large: bool,
+        reason: String,
+    },
+}
+
+/// How a drain batch went.
+enum Sent {
+    /// Every record is in Kafka (or in quarantine).
+    All,
+    /// Kafka refused records sent together for good: send them one at a time.
+    RefusedTogether,
+    /// Kafka could not take the batch now: the breaker decides when to try again.
+    Failed,
 }
 
 /// Where an event became durable.
@@ -259,6 +327,10 @@ pub struct Publisher {
     /// Whether the mode is `Spooling`: what [`Publisher::until_drained`] waits on.
     spooling: watch::Sender<bool>,
     metrics: Metrics,
+    /// The largest record the producer sends and each topic takes.
+    limits: Arc<crate::record_limits::RecordLimits>,
+    /// Where a quarantined record is reported.
+    audit_topic: String,
 }
 
 pub fn kafka_record(topic: &str, event: &CloudEvent) -> SpoolRecord {
@@ -287,15 +359,30 @@ fn owned_headers(record: &SpoolRecord) -> OwnedHeaders {
     )
 }
 
+/// How the publisher treats events: what it waits for and what it refuses.
+pub struct PublishOptions {
+    /// How long a request waits for Kafka before its event goes to the spool.
+    pub publish_timeout: Duration,
+    /// The largest record the producer sends and each topic takes.
+    pub limits: Arc<crate::record_limits::RecordLimits>,
+    /// Where a quarantined record is reported.
+    pub audit_topic: String,
+}
+
 impl Publisher {
     pub fn new(
         producer: EventProducer,
         idempotence: Arc<IdempotenceState>,
         spool: Arc<Spool>,
         breaker: Arc<Breaker>,
-        publish_timeout: Duration,
         metrics: Metrics,
+        options: PublishOptions,
     ) -> Arc<Self> {
+        let PublishOptions {
+            publish_timeout,
+            limits,
+            audit_topic,
+        } = options;
         let writer = spool.start_writer();
         // Events left from an earlier run go first.
         let mode = if spool.undrained_records() > 0 {
@@ -320,6 +407,8 @@ impl Publisher {
             drain_wakeup: tokio::sync::Notify::new(),
             spooling: watch::Sender::new(mode == Mode::Spooling),
             metrics,
+            limits,
+            audit_topic,
         })
     }
 
@@ -352,16 +441,28 @@ impl Publisher {
             .map_err(|(error, _)| error)
     }
 
-    /// Returns once the event is durable; `Err` means it is not, and the sender should retry.
-    pub async fn publish(self: &Arc<Self>, record: SpoolRecord) -> Result<Durable, SpoolError> {
+    /// Returns once the event is durable; `Err` says why it is not, and whether sending it
+    /// again can help. A record larger than the producer sends or its topic takes is
+    /// refused before anything else, so it never reaches the spool.
+    pub async fn publish(self: &Arc<Self>, record: SpoolRecord) -> Result<Durable, NotDurable> {
         enum Path {
             Kafka(u64, DeliveryFuture, oneshot::Receiver<SpoolAck>),
             Spool(SpoolAck),
+        }
+        if let Err(too_large) = self.limits.check(&record.topic, record_bytes(&record)) {
+            return Err(NotDurable::Refused {
+                too_large: true,
+                reason: too_large.to_string(),
+            });
         }
         let path = {
             let mut state = self.lock();
             let direct = state.mode == Mode::Direct && self.breaker.state() == BreakerState::Closed;
             match direct.then(|| self.send(&record)) {
+                // librdkafka checks a record alone before queueing it.
+                Some(Err(error)) if refused_for_good(&error).is_some() => {
+                    return Err(refused(&error));
+                }
                 Some(Ok(delivery)) => {
                     let sequence = state.next_sequence;
                     state.next_sequence += 1;
@@ -387,6 +488,7 @@ impl Publisher {
                 enum Waited {
                     Acknowledged,
                     Refused,
+                    RefusedForGood(KafkaError),
                     TimedOut,
                     TakenOver(Result<SpoolAck, oneshot::error::RecvError>),
                 }
@@ -399,6 +501,9 @@ impl Publisher {
                     biased;
                     delivered = &mut delivery => match delivered {
                         Ok(Ok(_)) => Waited::Acknowledged,
+                        Ok(Err((error, _))) if refused_for_good(&error).is_some() => {
+                            Waited::RefusedForGood(error)
+                        }
                         Ok(Err((error, _))) => {
                             tracing::warn!(%error, "Kafka did not take an event; spooling");
                             Waited::Refused
@@ -421,6 +526,28 @@ impl Publisher {
                         self.kafka_took(sequence);
                         return Ok(Durable::Kafka);
                     }
+                    Waited::RefusedForGood(error) if refuses_the_topic(&error) => {
+                        // Kafka is up and will take nothing for this topic (authorization,
+                        // an invalid name): nothing to spool, the breaker stays as it is,
+                        // and the sender hears why.
+                        if self.lock().waiting.remove(&sequence).is_some() {
+                            return Err(refused(&error));
+                        }
+                        // Handed to the spool meanwhile (the breaker opened): it is
+                        // acknowledged from there, and the drain quarantines it.
+                        self.settle_in_doubt(sequence, false);
+                        taken_over.await
+                    }
+                    Waited::RefusedForGood(_) => {
+                        // Refused for the record (its size, its form), but librdkafka
+                        // sends records of a partition together and Kafka refuses the
+                        // whole batch: the culprit may be another record. To the spool,
+                        // whose drain sends one record at a time after a refusal and
+                        // quarantines only the one refused alone. Kafka itself is fine.
+                        self.take_over(sequence);
+                        self.settle_in_doubt(sequence, false);
+                        taken_over.await
+                    }
                     Waited::Refused => {
                         self.breaker.record_failure();
                         self.take_over(sequence);
@@ -438,13 +565,13 @@ impl Publisher {
                         ack
                     }
                 };
-                ack.map_err(|_| SpoolError::Io("the spool writer has stopped".into()))?
+                ack.map_err(|_| writer_stopped())?
             }
         };
         match ack.await {
             Ok(Ok(())) => Ok(Durable::Spool),
-            Ok(Err(error)) => Err(error),
-            Err(_) => Err(SpoolError::Io("the spool writer has stopped".into())),
+            Ok(Err(error)) => Err(NotDurable::Unavailable(error)),
+            Err(_) => Err(writer_stopped()),
         }
     }
 
@@ -531,6 +658,12 @@ impl Publisher {
         // before those leaders accept writes), only it waits in librdkafka and at worst
         // times out, instead of a whole batch; full batches follow its acknowledgement.
         let mut probing = true;
+        // After Kafka refused a batch for good, its records go one at a time, so the one
+        // it refuses alone is found and quarantined without holding back the others.
+        let mut one_by_one = 0;
+        // Records Kafka acknowledged in a batch it refused another record of: not sent
+        // again when their turn comes to be committed.
+        let mut delivered_ahead = BTreeSet::new();
         loop {
             if self.breaker.current() != BreakerState::Closed {
                 led.clear();
@@ -575,7 +708,7 @@ impl Publisher {
                 continue;
             }
             let spool = self.spool.clone();
-            let limit = if probing { 1 } else { 512 };
+            let limit = if probing || one_by_one > 0 { 1 } else { 512 };
             let batch = tokio::task::spawn_blocking(move || spool.read_batch(limit, 8 << 20))
                 .await
                 .unwrap_or_default();
@@ -631,15 +764,22 @@ impl Publisher {
                 }
             }
             let sent_at = Instant::now();
-            if !self.send_batch(&batch).await {
-                led.clear();
-                probing = true;
-            } else if std::mem::take(&mut probing) {
-                tracing::info!(
-                    took = ?sent_at.elapsed(),
-                    still_spooled = self.spool.undrained_records(),
-                    "Kafka acknowledged the first spooled record; draining in full batches"
-                );
+            match self.send_batch(&batch, &mut delivered_ahead).await {
+                Sent::Failed => {
+                    led.clear();
+                    probing = true;
+                }
+                Sent::RefusedTogether => one_by_one = batch.len(),
+                Sent::All => {
+                    one_by_one = one_by_one.saturating_sub(1);
+                    if std::mem::take(&mut probing) {
+                        tracing::info!(
+                            took = ?sent_at.elapsed(),
+                            still_spooled = self.spool.undrained_records(),
+                            "Kafka acknowledged the first spooled record; draining in full batches"
+                        );
+                    }
+                }
             }
         }
     }
@@ -752,34 +892,75 @@ impl Publisher {
     }
 
     /// Sends a batch with its deliveries awaited together, and commits the prefix that
-    /// Kafka acknowledged. After a failure the rest is sent again later (duplicates, never
-    /// loss). Spooled copies of in-doubt events that Kafka took are committed, not sent.
-    /// Returns whether the whole batch went.
-    async fn send_batch(&self, batch: &[(Option<SpoolRecord>, crate::spool::Position)]) -> bool {
+    /// Kafka acknowledged, or refused for good and that went to quarantine. After any
+    /// other failure the rest is sent again later (duplicates, never loss). Spooled copies
+    /// of in-doubt events that Kafka took are committed, not sent, and so are records
+    /// in `delivered_ahead`: Kafka took them in a batch it refused another record of,
+    /// which this adds to.
+    async fn send_batch(
+        &self,
+        batch: &[(Option<SpoolRecord>, crate::spool::Position)],
+        delivered_ahead: &mut BTreeSet<crate::spool::Position>,
+    ) -> Sent {
+        enum Failure {
+            ForGood(KafkaError),
+            Passing(String),
+        }
         let started = Instant::now();
         let already_in_kafka = already_in_kafka(batch, &self.lock().taken_meanwhile);
         let mut deliveries = Vec::with_capacity(batch.len());
-        for ((record, _), taken) in batch.iter().zip(&already_in_kafka) {
-            let record = record.as_ref().filter(|_| taken.is_none());
+        for ((record, position), taken) in batch.iter().zip(&already_in_kafka) {
+            let record = record
+                .as_ref()
+                .filter(|_| taken.is_none() && !delivered_ahead.contains(position));
             deliveries.push(record.map(|record| self.send(record)));
         }
+        // Kafka refuses a partition's batch as a whole: a refusal names the record only
+        // when it went alone.
+        let sent_alone = deliveries.iter().filter(|d| d.is_some()).count() == 1;
+        let failure = |error: KafkaError| match refused_for_good(&error) {
+            Some(_) => Failure::ForGood(error),
+            None => Failure::Passing(error.to_string()),
+        };
         let outcomes =
             futures::future::join_all(deliveries.into_iter().map(|delivery| async move {
                 match delivery {
                     None => Ok(()),
                     Some(Ok(future)) => match future.await {
                         Ok(Ok(_)) => Ok(()),
-                        Ok(Err((error, _))) => Err(error.to_string()),
-                        Err(_) => Err("the producer dropped the delivery".to_owned()),
+                        Ok(Err((error, _))) => Err(failure(error)),
+                        Err(_) => Err(Failure::Passing(
+                            "the producer dropped the delivery".to_owned(),
+                        )),
                     },
-                    Some(Err(error)) => Err(format!("the producer refused the record: {error}")),
+                    Some(Err(error)) => Err(failure(error)),
                 }
             }))
             .await;
-        let delivered = outcomes
-            .iter()
-            .take_while(|outcome| outcome.is_ok())
-            .count();
+        let mut delivered = 0;
+        let mut quarantined = 0;
+        let mut first_failure = None;
+        let mut isolate = false;
+        for (outcome, (record, _)) in outcomes.iter().zip(batch) {
+            match (outcome, record) {
+                (Ok(()), _) => {}
+                (Err(Failure::ForGood(error)), Some(record))
+                    if sent_alone && self.quarantine(record, error) =>
+                {
+                    quarantined += 1;
+                }
+                (Err(Failure::ForGood(error)), _) => {
+                    isolate = !sent_alone;
+                    first_failure = Some(error.to_string());
+                    break;
+                }
+                (Err(Failure::Passing(error)), _) => {
+                    first_failure = Some(error.clone());
+                    break;
+                }
+            }
+            delivered += 1;
+        }
         if delivered > 0 {
             let records = batch[..delivered]
                 .iter()
@@ -790,8 +971,12 @@ impl Publisher {
                 .flatten()
                 .copied()
                 .collect();
-            self.spool.commit(batch[delivered - 1].1, records);
-            self.metrics.drained.inc_by(records - skipped.len() as u64);
+            let committed = batch[delivered - 1].1;
+            self.spool.commit(committed, records);
+            delivered_ahead.retain(|position| *position > committed);
+            self.metrics
+                .drained
+                .inc_by(records - skipped.len() as u64 - quarantined);
             self.metrics.already_in_kafka.inc_by(skipped.len() as u64);
             let mut state = self.lock();
             for sequence in skipped {
@@ -801,15 +986,26 @@ impl Publisher {
         if delivered == batch.len() {
             tracing::debug!(records = batch.len(), took = ?started.elapsed(), "drained a spool batch");
             self.breaker.record_success();
-            return true;
+            return Sent::All;
         }
         let failed = outcomes.iter().filter(|outcome| outcome.is_err()).count();
-        let error = outcomes
-            .get(delivered)
-            .and_then(|outcome| outcome.clone().err())
-            .unwrap_or_default();
+        if isolate {
+            for (outcome, (record, position)) in outcomes.iter().zip(batch).skip(delivered) {
+                if outcome.is_ok() && record.is_some() {
+                    delivered_ahead.insert(*position);
+                }
+            }
+            tracing::warn!(
+                error = first_failure.unwrap_or_default(),
+                committed = delivered,
+                failed,
+                batch = batch.len(),
+                "Kafka refused a batch of spooled records for good, which may be for one of them; sending them one at a time to find it"
+            );
+            return Sent::RefusedTogether;
+        }
         tracing::warn!(
-            %error,
+            error = first_failure.unwrap_or_default(),
             committed = delivered,
             failed,
             batch = batch.len(),
@@ -818,7 +1014,71 @@ impl Publisher {
             "a spool drain batch failed: the records before the first failure are committed; that record and every one after it stay in the spool and are sent again, in order, when the circuit breaker allows (a record Kafka took after the failure may arrive twice; none is lost)"
         );
         self.breaker.record_failure();
-        false
+        Sent::Failed
+    }
+
+    /// Moves a spooled record Kafka refused for good to the spool's quarantine file, so the
+    /// records behind it drain; counts it, logs it and reports it to the audit topic.
+    /// `false` when the file could not be written: the record stays at the spool's head.
+    fn quarantine(&self, record: &SpoolRecord, error: &KafkaError) -> bool {
+        let id = record
+            .headers
+            .iter()
+            .find(|(name, _)| name == "ce_id")
+            .map(|(_, id)| String::from_utf8_lossy(id).into_owned())
+            .unwrap_or_default();
+        let file = self.spool.dir().join(crate::spool::QUARANTINE);
+        if let Err(io) = self.spool.quarantine(record, &error.to_string()) {
+            tracing::error!(%error, %io, file = %file.display(), "Kafka refuses a spooled record for good, and it cannot be moved to quarantine; it stays at the head of the spool");
+            return false;
+        }
+        let code = error
+            .rdkafka_error_code()
+            .map_or_else(|| "Unknown".to_owned(), |code| format!("{code:?}"));
+        self.metrics
+            .quarantined
+            .get_or_create(&crate::metrics::QuarantineLabels { error: code })
+            .inc();
+        tracing::error!(
+            %error,
+            topic = record.topic,
+            id,
+            bytes = record_bytes(record),
+            file = %file.display(),
+            "Kafka refuses a spooled record for good; moved it to quarantine so the records after it drain (it stays there for a person to look at)"
+        );
+        let source = record
+            .headers
+            .iter()
+            .find(|(name, _)| name == "ce_source")
+            .map(|(_, source)| String::from_utf8_lossy(source).into_owned())
+            .unwrap_or_default();
+        let mut event = CloudEvent::new(
+            uuid::Uuid::new_v4().to_string(),
+            source.clone(),
+            "io.omninode.bridge.audit.record-quarantined",
+            format!("audit/{source}"),
+            serde_json::json!({
+                "topic": record.topic,
+                "id": id,
+                "bytes": record_bytes(record),
+                "error": error.to_string(),
+                "file": file.display().to_string(),
+            })
+            .to_string()
+            .into_bytes(),
+        );
+        event.time = Some(jiff::Timestamp::now().to_string());
+        event.datacontenttype = Some("application/json".into());
+        event.schema_version = Some("1".into());
+        if let Some(delivery) = self.enqueue_best_effort(&self.audit_topic, &event) {
+            tokio::spawn(async move {
+                if !delivered_within(delivery, Duration::from_secs(10)).await {
+                    tracing::debug!("a quarantine audit event was not published");
+                }
+            });
+        }
+        true
     }
 
     /// Asks a broker for metadata: a cheap check that Kafka answers before a drain.
@@ -884,6 +1144,34 @@ fn already_in_kafka(
             Some(*sequence)
         })
         .collect()
+}
+
+/// Whether Kafka's refusal is about the topic (every record to it is refused alike), not
+/// the one record or its batch.
+fn refuses_the_topic(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed
+                | RDKafkaErrorCode::InvalidTopic
+        )
+    )
+}
+
+/// What the sender of a record Kafka refused for good is told.
+fn refused(error: &KafkaError) -> NotDurable {
+    NotDurable::Refused {
+        too_large: matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize)
+        ),
+        reason: format!("Kafka refuses this event for good: {error}"),
+    }
+}
+
+fn writer_stopped() -> NotDurable {
+    NotDurable::Unavailable(SpoolError::Io("the spool writer has stopped".into()))
 }
 
 /// Whether Kafka acknowledged `delivery` within `wait`.

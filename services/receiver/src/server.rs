@@ -18,7 +18,7 @@ use crate::auth::{AuthFailure, Verifier};
 use crate::dedupe::{Claim, Dedupe};
 use crate::extract::EventRules;
 use crate::metrics::{Outcome, SignatureLabels};
-use crate::publisher::{Durable, Publisher, kafka_record};
+use crate::publisher::{Durable, NotDurable, Publisher, kafka_record};
 use crate::spool::SpoolError;
 
 /// Seconds a sender is asked to wait when the spool is full.
@@ -155,7 +155,17 @@ impl Receiver {
                 self.metrics.request(&route.name, outcome);
                 answer(StatusCode::OK, json!({"id": event.id, "status": status}))
             }
-            Err(error) => {
+            Err(NotDurable::Refused { too_large, reason }) => {
+                self.metrics.request(&route.name, Outcome::refused_by_kafka);
+                tracing::warn!(route = %route.name, %reason, "refused a webhook Kafka cannot take");
+                let status = if too_large {
+                    StatusCode::PAYLOAD_TOO_LARGE
+                } else {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                };
+                answer(status, json!({"error": reason}))
+            }
+            Err(NotDurable::Unavailable(error)) => {
                 self.metrics.request(&route.name, Outcome::unavailable);
                 let reason = match error {
                     SpoolError::Full => {

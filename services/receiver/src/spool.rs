@@ -3,8 +3,9 @@
 //! order. Recovery keeps every whole record and cuts a torn tail, so a crash never loops.
 //!
 //! Layout: `segment-<20-digit id>.log` files, oldest first, `drain.checkpoint` naming the
-//! position up to which records are known to be in Kafka, and `spool.lock`, locked by the
-//! one process that owns the spool. A frame is
+//! position up to which records are known to be in Kafka, `spool.lock`, locked by the
+//! one process that owns the spool, and `quarantine.log`, the records Kafka refused for
+//! good (framed as in a segment, each with its reason as a header). A frame is
 //! `[payload length: u32 LE][CRC-32 of payload: u32 LE][payload]`.
 
 use std::collections::BTreeMap;
@@ -23,6 +24,10 @@ const FRAME_HEADER_BYTES: u64 = 8;
 /// Larger lengths can only come from a torn or corrupt frame.
 const MAX_PAYLOAD_BYTES: u32 = 256 << 20;
 const CHECKPOINT: &str = "drain.checkpoint";
+/// Records Kafka refuses for good, moved out of the drain's way; see [`Spool::quarantine`].
+pub const QUARANTINE: &str = "quarantine.log";
+/// The header a quarantined record gets: why Kafka refused it.
+pub const QUARANTINE_REASON_HEADER: &str = "bridge_quarantine_reason";
 /// Locked (`flock`, exclusive) for as long as a process has the spool open.
 pub const LOCK_FILE: &str = "spool.lock";
 /// How often an open retries a lock another process holds.
@@ -167,6 +172,8 @@ pub struct Spool {
     /// Whether the spool is full (see `SpoolFull`); changes are what readiness follows.
     full: watch::Sender<bool>,
     metrics: Metrics,
+    /// Records in `quarantine.log`.
+    quarantined: AtomicU64,
     /// Bytes the filesystem holding `dir` has free (statvfs; a fake in tests).
     filesystem_free: fn(&Path) -> std::io::Result<u64>,
     /// Holds `spool.lock` for the life of the spool: one process per spool.
@@ -365,6 +372,11 @@ impl Spool {
         };
         // New segments sort after every old one and after the checkpoint's, or a later
         // recovery would take them for drained.
+        let quarantined = match scan_segment(&dir.join(QUARANTINE), 0) {
+            Ok(scan) => scan.records_after,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(error) => return Err(error),
+        };
         let next_segment = ids
             .last()
             .map_or(0, |last| last + 1)
@@ -386,6 +398,7 @@ impl Spool {
             pending: AtomicU64::new(0),
             full: watch::Sender::new(false),
             metrics,
+            quarantined: AtomicU64::new(quarantined),
             filesystem_free: statvfs_free,
             _lock: lock,
         };
@@ -424,6 +437,34 @@ impl Spool {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Records in `quarantine.log`: refused by Kafka for good, kept for a person.
+    pub fn quarantined_records(&self) -> u64 {
+        self.quarantined.load(Ordering::SeqCst)
+    }
+
+    /// Moves a record that Kafka refuses for good (larger than the topic takes, not
+    /// authorized) out of the drain's way: appends it, with `reason` as the header
+    /// [`QUARANTINE_REASON_HEADER`], to `quarantine.log` and fsyncs it. Only then may the
+    /// drain commit past it; an `Err` leaves it in the spool to be tried again. The file
+    /// is outside `maxBytes` and is never deleted by the receiver.
+    pub fn quarantine(&self, record: &SpoolRecord, reason: &str) -> std::io::Result<()> {
+        let mut record = record.clone();
+        record.headers.push((
+            QUARANTINE_REASON_HEADER.to_owned(),
+            reason.as_bytes().to_vec(),
+        ));
+        let path = self.dir.join(QUARANTINE);
+        let created = !path.exists();
+        let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
+        file.write_all(&record.encode())?;
+        file.sync_data()?;
+        if created {
+            File::open(&self.dir)?.sync_all()?;
+        }
+        self.quarantined.fetch_add(1, Ordering::SeqCst);
+        Ok(())
     }
 
     /// Free bytes on the filesystem, or `None` (logged) when statvfs fails: then only
@@ -961,6 +1002,36 @@ mod tests {
         assert_eq!(read.len(), 6);
         assert_eq!(read[..5], records[..]);
         assert_eq!(read[5], record("k", 6));
+    }
+
+    #[tokio::test]
+    async fn quarantined_records_keep_their_reason_and_are_counted_again_on_reopen() {
+        let dir = temp_dir("quarantine");
+        let (spool, _, _) = open(&dir, 1 << 20, 1 << 16);
+        spool
+            .quarantine(&record("too-big", 1), "MessageSizeTooLarge")
+            .unwrap();
+        spool
+            .quarantine(&record("denied", 2), "TopicAuthorizationFailed")
+            .unwrap();
+        assert_eq!(spool.quarantined_records(), 2);
+        drop(spool);
+        let (spool, _, recovery) = open(&dir, 1 << 20, 1 << 16);
+        assert_eq!(spool.quarantined_records(), 2);
+        assert_eq!(
+            recovery.records, 0,
+            "quarantined records are not drained again"
+        );
+        let bytes = std::fs::read(dir.join(QUARANTINE)).unwrap();
+        let (first, _) = read_frame(&mut bytes.as_slice()).unwrap();
+        assert_eq!(first.key, record("too-big", 1).key);
+        assert_eq!(
+            first.headers.last().unwrap(),
+            &(
+                QUARANTINE_REASON_HEADER.to_owned(),
+                b"MessageSizeTooLarge".to_vec()
+            )
+        );
     }
 
     #[tokio::test]

@@ -275,3 +275,108 @@ async fn a_new_workload_image_rolls_the_receivers_onto_it() {
     })
     .await;
 }
+
+/// Webhooks that four senders keep sending, each one after another over a new connection
+/// (as webhook senders do), while the receivers roll onto a new configuration with Kafka
+/// up: the preStop pause takes each stopping Pod out of the Service before it stops
+/// listening, so not one request is refused or reset, and every one answered is on Kafka.
+#[tokio::test]
+async fn a_rollout_under_steady_load_refuses_and_resets_nothing() {
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    use kube::api::{Patch, PatchParams};
+    let stack = Stack::from_env().unwrap();
+    let client = stack.kube_client().await;
+    let ns = TestNamespace::create(&client, "node-load-roll").await;
+    let _operator = Operator::start(&[&ns.name]).await;
+    let topics: Api<EventTopic> = Api::namespaced(client.clone(), &ns.name);
+    let topic = unique_name("load-roll");
+    create(
+        &topics,
+        &event_topic("hooks", json!({"topicName": topic, "partitions": 3})),
+    )
+    .await;
+    wait_ready(&topics, "hooks", "True", "TopicReady").await;
+    let ingresses: Api<WebhookIngress> = Api::namespaced(client.clone(), &ns.name);
+    ingresses
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(support::spooling_ingress("hooks", 2, "hooks")).unwrap(),
+        )
+        .await
+        .unwrap();
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns.name);
+    eventually("two ready receivers", BOUND, || {
+        support::rolled(&sets, "hooks-receiver", 2)
+    })
+    .await;
+    let url = support::service_url(&client, &ns.name, "hooks-receiver").await;
+
+    let rolling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let senders: Vec<_> = (0..4)
+        .map(|sender| {
+            let mut webhooks = support::Webhooks::new(url.clone());
+            let rolling = rolling.clone();
+            tokio::spawn(async move {
+                let mut round = 0;
+                while rolling.load(std::sync::atomic::Ordering::Relaxed) {
+                    webhooks.send(&format!("{sender}-{round}"), 10).await;
+                    round += 1;
+                }
+                webhooks
+            })
+        })
+        .collect();
+    // Let the load settle, then change the configuration: a new template, a rollout.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    ingresses
+        .patch(
+            "hooks",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"routes": [{
+                "name": "hooks", "path": "/hooks", "topic": "hooks", "auth": {"none": {}},
+                "eventType": {"value": "com.example.rolled"},
+                "correlationId": {"header": "x-delivery"},
+            }]}})),
+        )
+        .await
+        .unwrap();
+    eventually("the rollout to start", BOUND, || async {
+        let status = sets.get("hooks-receiver").await.ok()?.status?;
+        (status.update_revision != status.current_revision).then_some(())
+    })
+    .await;
+    eventually("the rollout to finish", Duration::from_secs(180), || {
+        support::rolled(&sets, "hooks-receiver", 2)
+    })
+    .await;
+    // A moment on the new Pods alone, then stop.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    rolling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let (mut sent, mut acknowledged, mut failed) = (0, Vec::new(), Vec::new());
+    for sender in senders {
+        let webhooks = sender.await.unwrap();
+        sent += webhooks.sent();
+        acknowledged.extend(webhooks.acknowledged);
+        failed.extend(webhooks.failed);
+    }
+    let result = support::delivered(&topic, &acknowledged, Duration::from_secs(120)).await;
+    eprintln!(
+        "sent {sent}, acknowledged {}, on Kafka {}, duplicates {}, refused or reset {}",
+        acknowledged.len(),
+        result.on_kafka,
+        result.duplicates,
+        failed.len(),
+    );
+    assert!(
+        failed.is_empty(),
+        "{} webhooks refused or reset during the rollout, among them {:?}",
+        failed.len(),
+        &failed[..failed.len().min(20)]
+    );
+    assert!(
+        result.missing.is_empty(),
+        "{} acknowledged webhooks never reached Kafka, among them {:?}",
+        result.missing.len(),
+        &result.missing[..result.missing.len().min(20)]
+    );
+}

@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use support::{
-    BOUND, BrokersDown, Operator, Webhooks, claim_names, create, delivered, event_topic,
+    BOUND, BrokersDown, Operator, Webhooks, claim_names, create, delivered, event_topic, rolled,
     service_url, spooling_ingress, wait_ready,
 };
 
@@ -25,17 +25,6 @@ use support::{
 const POD_ROLL: Duration = Duration::from_secs(180);
 /// The pause between rounds of webhooks while Pods roll: steady traffic, not a flood.
 const PACE: Duration = Duration::from_millis(200);
-
-/// Whether the StatefulSet has rolled every replica to its latest template and all are ready.
-async fn rolled(sets: &Api<StatefulSet>, name: &str, replicas: i32) -> Option<()> {
-    let set = sets.get(name).await.ok()?;
-    let status = set.status?;
-    (status.observed_generation >= set.metadata.generation
-        && status.update_revision == status.current_revision
-        && status.ready_replicas == Some(replicas)
-        && status.replicas == replicas)
-        .then_some(())
-}
 
 #[tokio::test]
 async fn acknowledged_webhooks_survive_rollouts_pod_deletes_and_a_scale_down_during_an_outage() {

@@ -413,10 +413,14 @@ pub struct Delivered {
     pub on_kafka: usize,
     pub duplicates: usize,
     pub missing: Vec<String>,
+    /// The id of every record read, in the order read: the topic's order where it has
+    /// one partition (or one key), duplicates included.
+    pub order: Vec<String>,
 }
 
-/// Reads `topic` from the start until every id in `acknowledged` is there as a record key
-/// (or `bound` passes), then counts what came twice and what never came.
+/// Reads `topic` from the start until every id in `acknowledged` is there (the `id` field
+/// of a record's JSON data, as [`Webhooks`] sends it) or `bound` passes, then counts what
+/// came twice and what never came.
 pub async fn delivered(topic: &str, acknowledged: &[String], bound: Duration) -> Delivered {
     use futures::StreamExt;
     use rdkafka::Message;
@@ -432,19 +436,23 @@ pub async fn delivered(topic: &str, acknowledged: &[String], bound: Duration) ->
     let wanted: std::collections::BTreeSet<&str> =
         acknowledged.iter().map(String::as_str).collect();
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut order = Vec::new();
     let mut stream = consumer.stream();
     let deadline = tokio::time::Instant::now() + bound;
-    fn count(seen: &mut BTreeMap<String, usize>, message: &impl Message) {
-        if let Some(key) = message.key() {
-            *seen
-                .entry(String::from_utf8_lossy(key).into_owned())
-                .or_default() += 1;
+    /// Counts the record by the `id` of its JSON data and appends it to `order`.
+    fn read(seen: &mut BTreeMap<String, usize>, order: &mut Vec<String>, record: &impl Message) {
+        let data = record
+            .payload()
+            .and_then(|data| serde_json::from_slice::<serde_json::Value>(data).ok());
+        if let Some(id) = data.as_ref().and_then(|data| data["id"].as_str()) {
+            *seen.entry(id.to_owned()).or_default() += 1;
+            order.push(id.to_owned());
         }
     }
     while wanted.iter().any(|id| !seen.contains_key(*id)) {
         // Errors (brokers still coming back) are librdkafka's to retry: keep reading.
         match tokio::time::timeout_at(deadline, stream.next()).await {
-            Ok(Some(Ok(message))) => count(&mut seen, &message),
+            Ok(Some(Ok(message))) => read(&mut seen, &mut order, &message),
             Ok(Some(Err(_))) => {}
             Ok(None) | Err(_) => break,
         }
@@ -452,7 +460,7 @@ pub async fn delivered(topic: &str, acknowledged: &[String], bound: Duration) ->
     // Duplicates that arrive a moment after the last missing id are counted too.
     while let Ok(Some(next)) = tokio::time::timeout(Duration::from_secs(3), stream.next()).await {
         if let Ok(message) = next {
-            count(&mut seen, &message);
+            read(&mut seen, &mut order, &message);
         }
     }
     Delivered {
@@ -463,6 +471,7 @@ pub async fn delivered(topic: &str, acknowledged: &[String], bound: Duration) ->
             .filter(|id| !seen.contains_key(**id))
             .map(|id| id.to_string())
             .collect(),
+        order,
     }
 }
 
@@ -510,4 +519,20 @@ pub async fn claim_names(client: &kube::Client, namespace: &str) -> Vec<String> 
         .into_iter()
         .filter_map(|c| c.metadata.name)
         .collect()
+}
+
+/// Whether the StatefulSet has rolled every replica to its latest template and all are ready.
+pub async fn rolled(
+    sets: &Api<k8s_openapi::api::apps::v1::StatefulSet>,
+
+    name: &str,
+    replicas: i32,
+) -> Option<()> {
+    let set = sets.get(name).await.ok()?;
+    let status = set.status?;
+    (status.observed_generation >= set.metadata.generation
+        && status.update_revision == status.current_revision
+        && status.ready_replicas == Some(replicas)
+        && status.replicas == replicas)
+        .then_some(())
 }

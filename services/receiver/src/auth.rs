@@ -13,7 +13,7 @@ use subtle::ConstantTimeEq;
 use crate::config::{AuthConfig, AuthKind, HmacAlgorithm, SignatureEncoding};
 
 /// Standard Webhooks: timestamps further than this from now are refused (replay window).
-pub const STANDARD_WEBHOOKS_TOLERANCE_SECS: i64 = 5 * 60;
+pub const STANDARD_WEBHOOKS_TOLERANCE_SECS: u64 = 5 * 60;
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum AuthFailure {
@@ -217,7 +217,8 @@ fn verify_standard_webhooks(
         .trim()
         .parse()
         .map_err(|_| AuthFailure::Malformed("webhook-timestamp"))?;
-    if (now - seconds).abs() > STANDARD_WEBHOOKS_TOLERANCE_SECS {
+    // `abs_diff` cannot overflow: any i64 a sender writes is just far from now.
+    if now.abs_diff(seconds) > STANDARD_WEBHOOKS_TOLERANCE_SECS {
         return Err(AuthFailure::Stale);
     }
     // The signed content is `id.timestamp.body`; a `.` inside the id would make it ambiguous.
@@ -374,6 +375,21 @@ mod tests {
             SW_TIMESTAMP,
         );
         assert_eq!(rotating.verify(&listed, SW_BODY, SW_TIMESTAMP), Ok(()));
+    }
+
+    #[test]
+    fn standard_webhooks_refuses_timestamps_at_the_ends_of_i64_as_stale() {
+        let verifier = Verifier::StandardWebhooks(vec![standard_webhooks_key(SW_SECRET).unwrap()]);
+        // The last one is exactly i64::MAX + 1 seconds before now, whose absolute value
+        // does not fit an i64 either.
+        for timestamp in [i64::MIN, i64::MAX, i64::MIN + SW_TIMESTAMP] {
+            let hostile = sw_headers(SW_SIGNATURE, timestamp);
+            assert_eq!(
+                verifier.verify(&hostile, SW_BODY, SW_TIMESTAMP),
+                Err(AuthFailure::Stale),
+                "{timestamp}"
+            );
+        }
     }
 
     #[test]

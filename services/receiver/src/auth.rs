@@ -15,6 +15,11 @@ use crate::config::{AuthConfig, AuthKind, HmacAlgorithm, SignatureEncoding};
 /// Standard Webhooks: timestamps further than this from now are refused (replay window).
 pub const STANDARD_WEBHOOKS_TOLERANCE_SECS: u64 = 5 * 60;
 
+/// Standard Webhooks: most entries a `webhook-signature` header may list. A sender lists one
+/// per secret it signs with, two while it rotates one; the bound keeps an unauthenticated
+/// request from making us compare a huge list (each entry is base64-decoded and compared).
+pub const STANDARD_WEBHOOKS_MAX_SIGNATURES: usize = 16;
+
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum AuthFailure {
     #[error("the {0} header is missing")]
@@ -23,6 +28,10 @@ pub enum AuthFailure {
     Malformed(&'static str),
     #[error("the webhook-timestamp is more than 5 minutes away from now")]
     Stale,
+    #[error(
+        "the webhook-signature header lists more than {STANDARD_WEBHOOKS_MAX_SIGNATURES} signatures"
+    )]
+    TooManySignatures,
     #[error("the signature does not match the body")]
     Mismatch,
 }
@@ -32,7 +41,7 @@ impl AuthFailure {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::MissingHeader(_) => "missing",
-            Self::Malformed(_) => "malformed",
+            Self::Malformed(_) | Self::TooManySignatures => "malformed",
             Self::Stale => "stale",
             Self::Mismatch => "mismatch",
         }
@@ -225,12 +234,9 @@ fn verify_standard_webhooks(
     if id.contains('.') {
         return Err(AuthFailure::Malformed("webhook-id"));
     }
-    let mut signed = Vec::with_capacity(id.len() + timestamp.len() + body.len() + 2);
-    signed.extend_from_slice(id.as_bytes());
-    signed.push(b'.');
-    signed.extend_from_slice(timestamp.trim().as_bytes());
-    signed.push(b'.');
-    signed.extend_from_slice(body);
+    if signatures.split_whitespace().count() > STANDARD_WEBHOOKS_MAX_SIGNATURES {
+        return Err(AuthFailure::TooManySignatures);
+    }
     let tags: Vec<Vec<u8>> = signatures
         .split_whitespace()
         .filter_map(|entry| entry.strip_prefix("v1,"))
@@ -239,15 +245,37 @@ fn verify_standard_webhooks(
     if tags.is_empty() {
         return Err(AuthFailure::Malformed("webhook-signature"));
     }
-    let matched = keys.iter().any(|key| {
-        tags.iter()
-            .any(|tag| hmac::verify(key, &signed, tag).is_ok())
-    });
-    if matched {
+    let mut signed = Vec::with_capacity(id.len() + timestamp.len() + body.len() + 2);
+    signed.extend_from_slice(id.as_bytes());
+    signed.push(b'.');
+    signed.extend_from_slice(timestamp.trim().as_bytes());
+    signed.push(b'.');
+    signed.extend_from_slice(body);
+    if any_tag_matches(keys, &signed, &tags, hmac::sign) {
         Ok(())
     } else {
         Err(AuthFailure::Mismatch)
     }
+}
+
+/// One HMAC per key, whatever the number of tags: the cost of a request is bounded by the
+/// keys we hold and the body, not by what the sender lists. `sign` is `hmac::sign`; tests
+/// pass a wrapper that counts.
+fn any_tag_matches(
+    keys: &[hmac::Key],
+    signed: &[u8],
+    tags: &[Vec<u8>],
+    mut sign: impl FnMut(&hmac::Key, &[u8]) -> hmac::Tag,
+) -> bool {
+    // No early return: every key is signed with and every tag compared, in constant time.
+    let mut matched = subtle::Choice::from(0);
+    for key in keys {
+        let expected = sign(key, signed);
+        for tag in tags {
+            matched |= expected.as_ref().ct_eq(tag);
+        }
+    }
+    matched.into()
 }
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
@@ -375,6 +403,54 @@ mod tests {
             SW_TIMESTAMP,
         );
         assert_eq!(rotating.verify(&listed, SW_BODY, SW_TIMESTAMP), Ok(()));
+    }
+
+    /// `count` entries in a `webhook-signature` header: made-up tags, then the spec vector's
+    /// valid one last.
+    fn many_signatures(count: usize) -> String {
+        let mut entries = vec!["v1,AAAA"; count - 1];
+        entries.push(SW_SIGNATURE);
+        entries.join(" ")
+    }
+
+    #[test]
+    fn standard_webhooks_refuses_more_than_sixteen_signatures_even_with_a_valid_one() {
+        let verifier = Verifier::StandardWebhooks(vec![standard_webhooks_key(SW_SECRET).unwrap()]);
+        let sixteen = sw_headers(&many_signatures(16), SW_TIMESTAMP);
+        assert_eq!(verifier.verify(&sixteen, SW_BODY, SW_TIMESTAMP), Ok(()));
+        let seventeen = sw_headers(&many_signatures(17), SW_TIMESTAMP);
+        let refusal = verifier
+            .verify(&seventeen, SW_BODY, SW_TIMESTAMP)
+            .unwrap_err();
+        assert_eq!(
+            (refusal.to_string().as_str(), refusal.reason()),
+            (
+                "the webhook-signature header lists more than 16 signatures",
+                "malformed"
+            )
+        );
+    }
+
+    #[test]
+    fn standard_webhooks_signs_once_per_key_whatever_the_number_of_tags() {
+        let keys = [
+            standard_webhooks_key("whsec_dGhlIG9sZCBzZWNyZXQgb2YgdGhpcyByb3V0ZQ==").unwrap(),
+            standard_webhooks_key(SW_SECRET).unwrap(),
+        ];
+        let signed = [SW_ID.as_bytes(), b".1614265330.", SW_BODY].concat();
+        let valid = BASE64
+            .decode(SW_SIGNATURE.strip_prefix("v1,").unwrap())
+            .unwrap();
+        let mut tags = vec![vec![0u8; 32]; STANDARD_WEBHOOKS_MAX_SIGNATURES - 1];
+        let mut signatures = 0;
+        let mut counting = |key: &hmac::Key, data: &[u8]| {
+            signatures += 1;
+            hmac::sign(key, data)
+        };
+        assert!(!any_tag_matches(&keys, &signed, &tags, &mut counting));
+        tags.push(valid);
+        assert!(any_tag_matches(&keys, &signed, &tags, &mut counting));
+        assert_eq!(signatures, 2 * keys.len());
     }
 
     #[test]

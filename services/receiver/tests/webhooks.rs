@@ -507,6 +507,53 @@ async fn webhooks_of_every_auth_kind_arrive_as_cloudevents_and_bad_ones_publish_
     );
 }
 
+/// Issue 20: a `webhook-signature` header of thousands of tags over a large body used to cost
+/// an HMAC of the body per tag and key, seconds of CPU per unauthenticated request. It is
+/// refused (401, saying why) before any HMAC, and a signed request still goes through.
+#[tokio::test]
+async fn a_signature_header_of_thousands_of_tags_is_refused_and_a_signed_request_still_passes() {
+    let Setup { receiver, .. } = setup().await;
+    let url = format!("{}/standard", receiver.url);
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let body = format!(
+        r#"{{"type":"bulk.upload","padding":"{}"}}"#,
+        "x".repeat(900_000)
+    )
+    .into_bytes();
+    let signed = |id: &str, tags: usize| {
+        // Made-up tags (short, so the header stays well within hyper's limit), then the
+        // valid one last.
+        let mut entries = vec!["v1,AAAA".to_owned(); tags - 1];
+        entries.push(standard_signature(secret, id, now, &body));
+        vec![
+            ("webhook-id", id.to_owned()),
+            ("webhook-timestamp", now.to_string()),
+            ("webhook-signature", entries.join(" ")),
+        ]
+    };
+
+    let started = std::time::Instant::now();
+    let (status, answer, _) = post(url.clone(), &signed("msg_many_tags", 8_000), &body).await;
+    let took = started.elapsed();
+    assert_eq!(status, 401, "{answer} after {took:?}");
+    assert_eq!(
+        answer["error"].as_str(),
+        Some("not authenticated: the webhook-signature header lists more than 16 signatures"),
+        "{answer} after {took:?}"
+    );
+
+    let (status, answer, _) = post(url, &signed("msg_sixteen_tags", 16), &body).await;
+    assert_eq!(
+        (status, answer["status"].as_str()),
+        (200, Some("published")),
+        "{answer}"
+    );
+}
+
 /// Concurrent senders in R4, each posting one event after another until the receiver stops
 /// taking requests.
 const SIGTERM_SENDERS: usize = 200;

@@ -206,6 +206,9 @@ fn assert_no_failures(failures: Vec<String>) {
 const DURATION_MESSAGE: &str =
     "must be a duration: a whole number and one unit of ms, s, m, h or d, for example 200ms";
 
+const CAPTURE_PATH_MESSAGE: &str =
+    "route path must not contain '{', '}' or '*', nor a segment starting with ':'";
+
 fn consumer(extra: Value) -> Value {
     let mut spec =
         json!({"topics": ["orders"], "sink": {"url": "http://sink.team-a.svc:8080/events"}});
@@ -345,7 +348,7 @@ async fn fully_specified_objects_are_accepted() {
                  "eventType": {"jsonPointer": "/type"},
                  "correlationId": {"jsonPointer": "/data/id"},
                  "auth": {"standardWebhooks": secret("billing")}},
-                {"name": "ci", "path": "/ci", "topic": "workflow-events",
+                {"name": "ci", "path": "/ci/v1:finished", "topic": "workflow-events",
                  "eventType": {"value": "com.example.ci.finished"},
                  "auth": {"hmac": {"secretRef": {"name": "ci", "key": "token"}, "header": "X-Signature",
                                    "algorithm": "sha512", "encoding": "base64", "prefix": "sha512="}}},
@@ -591,6 +594,21 @@ async fn webhook_ingress_schema_refuses_each_invalid_spec_with_its_message() {
             "a path without '/'",
             one(json!({"path": "github"})),
             "route path must start with '/', for example /github",
+        ),
+        case(
+            "a path segment starting with ':'",
+            one(json!({"path": "/hooks/:id"})),
+            CAPTURE_PATH_MESSAGE,
+        ),
+        case(
+            "a path segment starting with '*'",
+            one(json!({"path": "/a/*rest"})),
+            CAPTURE_PATH_MESSAGE,
+        ),
+        case(
+            "a path with a brace capture",
+            one(json!({"path": "/hooks/{id}"})),
+            CAPTURE_PATH_MESSAGE,
         ),
         case(
             "eventType from a header and a fixed value",

@@ -87,11 +87,18 @@ pub struct Route {
     ))]
     pub name: String,
 
-    /// HTTP path on the receiver, such as `/github`; unique within the WebhookIngress.
+    /// HTTP path on the receiver, such as `/github`; unique within the WebhookIngress. No
+    /// `{`, `}` or `*`, and no segment starting with `:`: the receiver's router reads them
+    /// as captures (and would not start).
     #[schemars(length(min = 1, max = 256))]
-    #[x_kube(validation = Rule::new("self.startsWith('/')").message(
-        "route path must start with '/', for example /github"
-    ))]
+    #[x_kube(
+        validation = Rule::new("self.startsWith('/')").message(
+            "route path must start with '/', for example /github"
+        ),
+        validation = Rule::new("!self.matches('[{}*]') && !self.contains('/:')").message(
+            "route path must not contain '{', '}' or '*', nor a segment starting with ':': the receiver's router reads them as captures; write the literal path, for example /hooks/github"
+        )
+    )]
     pub path: String,
 
     /// EventTopic (in this namespace) the events are published to.

@@ -410,10 +410,15 @@ impl ReceiverConfig {
             if route.name.is_empty() || !names.insert(route.name.as_str()) {
                 return Err(invalid(at("name"), "route names are non-empty and unique"));
             }
-            if !route.path.starts_with('/') || route.path.contains(['{', '}', '*']) {
+            // axum 0.8 panics at start on a segment starting with `:` or `*` (0.7's capture
+            // syntax) and reads `{...}` as a capture: every replica would crash-loop.
+            if !route.path.starts_with('/')
+                || route.path.contains(['{', '}', '*'])
+                || route.path.contains("/:")
+            {
                 return Err(invalid(
                     at("path"),
-                    "a path starts with `/` and has no `{`, `}` or `*`",
+                    "a path starts with `/`, has no `{`, `}` or `*`, and no segment starting with `:` (the router would read them as captures), for example /hooks/github",
                 ));
             }
             if !paths.insert(route.path.as_str()) {
@@ -576,6 +581,24 @@ routes:
             let error = ReceiverConfig::parse(&text).unwrap_err().to_string();
             assert!(error.contains(needle), "{error} lacks {needle}");
         }
+    }
+
+    #[test]
+    fn a_path_the_router_reads_as_a_capture_is_refused() {
+        for path in ["/hooks/:id", "/a/*rest", "/*", "/hooks/{id}", "/a/b}"] {
+            let text = EXAMPLE.replace("path: /open", &format!("path: \"{path}\""));
+            let error = ReceiverConfig::parse(&text)
+                .map(|_| "accepted".to_owned())
+                .unwrap_or_else(|e| e.to_string());
+            assert!(
+                error.starts_with("routes[1].path: ")
+                    && error.contains("no segment starting with `:`"),
+                "{path}: {error}"
+            );
+        }
+        // Only a segment's first character matters to the router.
+        let text = EXAMPLE.replace("path: /open", "path: /hooks/v1:push");
+        assert!(ReceiverConfig::parse(&text).is_ok());
     }
 
     #[test]

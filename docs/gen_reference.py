@@ -76,6 +76,10 @@ def constraints(schema, required):
         parts.append(f"list keyed by {keys}")
     for rule in schema.get("x-kubernetes-validations", []):
         parts.append("rule: " + (rule.get("message") or f"`{rule['rule']}`"))
+    # A list item has no row of its own, so the rules on each item go on the list's.
+    items = schema.get("items")
+    for rule in items.get("x-kubernetes-validations", []) if isinstance(items, dict) else []:
+        parts.append("rule on each item: " + (rule.get("message") or f"`{rule['rule']}`"))
     return "; ".join(parts)
 
 

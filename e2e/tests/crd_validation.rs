@@ -350,6 +350,7 @@ async fn fully_specified_objects_are_accepted() {
                  "auth": {"standardWebhooks": secret("billing")}},
                 {"name": "ci", "path": "/ci/v1:finished", "topic": "workflow-events",
                  "eventType": {"value": "com.example.ci.finished"},
+                 "correlationId": {"header": "X-Request-Id"},
                  "auth": {"hmac": {"secretRef": {"name": "ci", "key": "token"}, "header": "X-Signature",
                                    "algorithm": "sha512", "encoding": "base64", "prefix": "sha512="}}},
                 {"name": "alerts", "path": "/alerts", "topic": "audit-events",
@@ -609,6 +610,29 @@ async fn webhook_ingress_schema_refuses_each_invalid_spec_with_its_message() {
             "a path with a brace capture",
             one(json!({"path": "/hooks/{id}"})),
             CAPTURE_PATH_MESSAGE,
+        ),
+        case(
+            "eventType from the Authorization header",
+            one(json!({"eventType": {"header": "authorization"}})),
+            "eventType.header names a header that carries a credential",
+        ),
+        case(
+            "correlationId from GitHub's signature header",
+            one(json!({"correlationId": {"header": "X-HUB-SIGNATURE-256"}})),
+            "correlationId.header names a header that carries a credential",
+        ),
+        case(
+            "eventType from the Standard Webhooks signature",
+            one(json!({"eventType": {"header": "Webhook-Signature"}})),
+            "eventType.header names a header that carries a credential",
+        ),
+        case(
+            "correlationId from the route's own HMAC header",
+            one(json!({
+                "auth": {"none": null, "hmac": {"secretRef": {"name": "ci"}, "header": "X-Signature"}},
+                "correlationId": {"header": "x-signature"}
+            })),
+            "correlationId.header names a header that carries a credential",
         ),
         case(
             "eventType from a header and a fixed value",

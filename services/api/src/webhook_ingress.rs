@@ -79,6 +79,14 @@ fn default_replicas() -> i32 {
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new(credential_header_rule("eventType")).message(
+        "eventType.header names a header that carries a credential (Authorization, X-Hub-Signature-256, X-Hub-Signature, webhook-signature, or this route's hmac header); its value would be published with every event: read the type from another header, the body or a fixed value"
+    ),
+    validation = Rule::new(credential_header_rule("correlationId")).message(
+        "correlationId.header names a header that carries a credential (Authorization, X-Hub-Signature-256, X-Hub-Signature, webhook-signature, or this route's hmac header); its value would become every event's Kafka key: read the id from another header or the body"
+    )
+)]
 pub struct Route {
     /// Route name, a DNS label; part of each event's CloudEvents source.
     #[schemars(length(min = 1, max = 63))]
@@ -132,6 +140,27 @@ fn default_max_body_bytes() -> i64 {
     1024 * 1024
 }
 
+/// Headers that carry a credential on any route (compared in lower case); a route's own
+/// `hmac.header` is added by [`credential_header_rule`]. The receiver refuses the same.
+pub const CREDENTIAL_HEADERS: [&str; 4] = [
+    "authorization",
+    "x-hub-signature-256",
+    "x-hub-signature",
+    "webhook-signature",
+];
+
+/// CEL on a Route: `field` (eventType or correlationId) does not read a credential header.
+fn credential_header_rule(field: &str) -> String {
+    let names = CREDENTIAL_HEADERS
+        .iter()
+        .map(|name| format!("'{name}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "!has(self.{field}) || !has(self.{field}.header) || !(self.{field}.header.lowerAscii() in [{names}] || (has(self.auth.hmac) && self.{field}.header.lowerAscii() == self.auth.hmac.header.lowerAscii()))"
+    )
+}
+
 /// The rule shared by every JSON pointer field: RFC 6901 pointers into the body start with `/`.
 const JSON_POINTER_RULE: &str = "self.startsWith('/')";
 const JSON_POINTER_MESSAGE: &str = "jsonPointer must start with '/', for example /action";
@@ -142,7 +171,8 @@ const JSON_POINTER_MESSAGE: &str = "jsonPointer must start with '/', for example
     "(has(self.header) ? 1 : 0) + (has(self.jsonPointer) ? 1 : 0) + (has(self.value) ? 1 : 0) == 1"
 ).message("eventType needs exactly one of header, jsonPointer or value"))]
 pub struct EventTypeSource {
-    /// Request header holding the type, such as `X-GitHub-Event`.
+    /// Request header holding the type, such as `X-GitHub-Event`; not `Authorization` nor a
+    /// signature header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 256))]
     pub header: Option<String>,
@@ -167,7 +197,8 @@ pub struct EventTypeSource {
     "correlationId needs exactly one of header or jsonPointer"
 ))]
 pub struct CorrelationIdSource {
-    /// Request header holding the id, such as `X-GitHub-Delivery`.
+    /// Request header holding the id, such as `X-GitHub-Delivery`; not `Authorization` nor a
+    /// signature header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 256))]
     pub header: Option<String>,

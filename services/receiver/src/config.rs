@@ -451,6 +451,22 @@ impl ReceiverConfig {
                 .auth
                 .kind()
                 .map_err(|reason| invalid(at("auth"), reason))?;
+            for (field, source) in [
+                ("eventType", &route.event_type),
+                ("correlationId", &route.correlation_id),
+                ("deliveryId", &route.delivery_id),
+            ] {
+                if let Some(header) = source.as_ref().and_then(|s| s.header.as_deref())
+                    && carries_credential(header, kind)
+                {
+                    return Err(ParseError::Invalid {
+                        field: at(&format!("{field}.header")),
+                        reason: format!(
+                            "`{header}` carries a credential (a signature or token); its value would be published with every event: read the value from another header or the body"
+                        ),
+                    });
+                }
+            }
             if let AuthKind::Hmac(hmac) = kind
                 && http::HeaderName::try_from(hmac.header.as_str()).is_err()
             {
@@ -462,6 +478,22 @@ impl ReceiverConfig {
         }
         Ok(())
     }
+}
+
+/// Headers that hold a route's credential, in any route: `Authorization` and the signature
+/// headers of the auth kinds, plus the header the route's own `hmac` auth names.
+const CREDENTIAL_HEADERS: [&str; 4] = [
+    "authorization",
+    "x-hub-signature-256",
+    "x-hub-signature",
+    "webhook-signature",
+];
+
+fn carries_credential(header: &str, auth: AuthKind<'_>) -> bool {
+    CREDENTIAL_HEADERS
+        .iter()
+        .any(|name| header.eq_ignore_ascii_case(name))
+        || matches!(auth, AuthKind::Hmac(hmac) if header.eq_ignore_ascii_case(&hmac.header))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -598,6 +630,35 @@ routes:
         }
         // Only a segment's first character matters to the router.
         let text = EXAMPLE.replace("path: /open", "path: /hooks/v1:push");
+        assert!(ReceiverConfig::parse(&text).is_ok());
+    }
+
+    #[test]
+    fn a_value_read_from_a_credential_header_is_refused() {
+        let hmac_route = "auth: {hmac: {secretFile: /s, header: X-Shop-Signature}}";
+        for (field, header, auth) in [
+            ("eventType", "Authorization", "auth: {none: {}}"),
+            ("correlationId", "x-hub-signature-256", "auth: {none: {}}"),
+            ("correlationId", "X-Hub-Signature", "auth: {none: {}}"),
+            ("eventType", "Webhook-Signature", "auth: {none: {}}"),
+            ("deliveryId", "authorization", "auth: {none: {}}"),
+            ("correlationId", "x-shop-signature", hmac_route),
+        ] {
+            let route = format!("{auth}\n    {field}: {{header: {header}}}");
+            let text = EXAMPLE.replace("auth: {none: {}}", &route);
+            let error = ReceiverConfig::parse(&text)
+                .map(|_| "accepted".to_owned())
+                .unwrap_or_else(|e| e.to_string());
+            assert!(
+                error.starts_with(&format!("routes[1].{field}.header: `{header}` carries")),
+                "{field} from {header}: {error}"
+            );
+        }
+        // Another route's signature header is just a header here.
+        let text = EXAMPLE.replace(
+            "auth: {none: {}}",
+            "auth: {none: {}}\n    eventType: {header: X-Shop-Signature}",
+        );
         assert!(ReceiverConfig::parse(&text).is_ok());
     }
 

@@ -36,24 +36,30 @@ impl RetryPolicy {
     }
 
     /// The wait before retry number `retry`, never shorter than the sink's `Retry-After`
-    /// (bounded by [`RETRY_AFTER_LIMIT`]).
+    /// (as [`parse_retry_after`] bounds it).
     pub fn wait_before(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
         let backoff = self.backoff(retry);
         match retry_after {
-            Some(asked) => backoff.max(asked.min(RETRY_AFTER_LIMIT)),
+            Some(asked) => backoff.max(asked),
             None => backoff,
         }
     }
 }
 
-/// Reads a `Retry-After` value: delay seconds (`120`) or an HTTP date, relative to `now`.
+/// Reads a `Retry-After` value: delay seconds (`120`) or an HTTP date, relative to `now`,
+/// at most [`RETRY_AFTER_LIMIT`]. Bounded here, where it enters, so that no later use
+/// (a retry's wait, how long the breaker stays open, `Instant` arithmetic) sees a sink's
+/// `18446744073709551615` or a date in the year 9999.
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+    let asked = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => {
+            let at = httpdate::parse_http_date(value).ok()?;
+            at.duration_since(now).unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(asked.min(RETRY_AFTER_LIMIT))
 }
 
 #[cfg(test)]
@@ -95,7 +101,8 @@ mod tests {
         assert_eq!(wait, Duration::from_secs(7));
         let wait = policy(false).wait_before(1, Some(Duration::from_millis(10)));
         assert_eq!(wait, Duration::from_millis(200));
-        let wait = policy(false).wait_before(1, Some(Duration::from_secs(86_400)));
+        // What parse_retry_after let through, however long: the backoff cap does not cut it.
+        let wait = policy(false).wait_before(1, Some(RETRY_AFTER_LIMIT));
         assert_eq!(wait, RETRY_AFTER_LIMIT);
     }
 
@@ -112,5 +119,21 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn a_retry_after_beyond_the_limit_is_read_as_the_limit() {
+        let now = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
+        for hostile in [
+            "18446744073709551615",
+            "86400",
+            "Fri, 31 Dec 9999 23:59:59 GMT",
+        ] {
+            assert_eq!(
+                parse_retry_after(hostile, now),
+                Some(RETRY_AFTER_LIMIT),
+                "{hostile}"
+            );
+        }
     }
 }

@@ -151,6 +151,63 @@ impl Shared {
 /// The librdkafka callbacks: rebalances and statistics.
 struct GroupEvents {
     shared: Arc<Shared>,
+    start_from: StartFrom,
+}
+
+impl GroupEvents {
+    /// Under `startFrom: latest`, commits the current end of each assigned partition that
+    /// the group has no committed offset for, before anything is read from it. Otherwise
+    /// a consumer that stops (killed, evicted) before its first commit leaves nothing
+    /// behind, and its successor's `latest` starts after the events the first one was
+    /// still delivering: they would never be delivered. The end read here is at or before
+    /// where librdkafka starts reading, so the successor gets those events again at worst.
+    /// Under `earliest` a successor starts at the beginning anyway.
+    fn pin_start(&self, consumer: &BaseConsumer<Self>, assigned: &TopicPartitionList) {
+        if self.start_from != StartFrom::Latest || assigned.count() == 0 {
+            return;
+        }
+        const BOUND: Duration = Duration::from_secs(10);
+        let committed = match consumer.committed_offsets(assigned.clone(), BOUND) {
+            Ok(committed) => committed,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the group's committed offsets of the assigned partitions; their start is not pinned");
+                return;
+            }
+        };
+        let mut pins = TopicPartitionList::new();
+        for element in committed.elements() {
+            if matches!(element.offset(), Offset::Offset(_)) {
+                continue;
+            }
+            match consumer.fetch_watermarks(element.topic(), element.partition(), BOUND) {
+                Ok((_, end)) => {
+                    let _ = pins.add_partition_offset(
+                        element.topic(),
+                        element.partition(),
+                        Offset::Offset(end),
+                    );
+                }
+                Err(error) => tracing::warn!(
+                    %error,
+                    topic = element.topic(),
+                    partition = element.partition(),
+                    "cannot read the partition's end; its start is not pinned"
+                ),
+            }
+        }
+        if pins.count() == 0 {
+            return;
+        }
+        match consumer.commit(&pins, CommitMode::Sync) {
+            Ok(()) => tracing::info!(
+                partitions = pins.count(),
+                "committed the current end of partitions the group had never committed (startFrom: latest), so a successor starts there"
+            ),
+            Err(error) => {
+                tracing::warn!(%error, "committing the start of newly assigned partitions failed")
+            }
+        }
+    }
 }
 
 impl ClientContext for GroupEvents {
@@ -246,6 +303,7 @@ impl ConsumerContext for GroupEvents {
                     }
                 }
                 tracing::info!(partitions = assigned.count(), "partitions assigned");
+                self.pin_start(consumer, assigned);
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(error) => tracing::warn!(%error, "consumer group rebalance failed"),
@@ -376,6 +434,7 @@ pub async fn run(
     let consumer: GroupConsumer = consumer_config(&config)
         .create_with_context(GroupEvents {
             shared: shared.clone(),
+            start_from: config.start_from,
         })
         .map_err(kafka("creating the Kafka consumer"))?;
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();

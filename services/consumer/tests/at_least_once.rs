@@ -170,3 +170,46 @@ async fn a_second_replica_joining_and_leaving_loses_nothing() {
         sent.len()
     );
 }
+
+/// With the default `startFrom: latest`, an event that arrives after the consumer joined
+/// and is still being retried when the consumer is killed is delivered by its successor:
+/// the group's start was committed when the partition was assigned, so the successor does
+/// not start at the (later) end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_killed_during_its_first_retries_leaves_them_to_its_successor() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stack = stack();
+    let topic = create_topic(&stack, "first-retries", 1).await;
+    let sink_up = Arc::new(AtomicBool::new(false));
+    let sink = TestSink::start({
+        let sink_up = sink_up.clone();
+        move |_, _| {
+            if sink_up.load(Ordering::SeqCst) {
+                Reply::ok()
+            } else {
+                Reply::status(503)
+            }
+        }
+    })
+    .await;
+    let mut config = config(&stack, &[&topic], &sink);
+    config.start_from = event_consumer::config::StartFrom::Latest;
+    config.delivery.retry.attempts = 1_000;
+    let mut consumer = ConsumerProcess::start(&config);
+    consumer.wait_ready().await;
+
+    let sent = events("first-", 1, 3, "workflow.step");
+    produce(&producer(&stack), &topic, &sent).await;
+    eventually("the sink to refuse the first event", WAIT, || {
+        let tried = !sink.requests().is_empty();
+        async move { tried.then_some(()) }
+    })
+    .await;
+    consumer.kill();
+    assert!(sink.accepted().is_empty());
+
+    sink_up.store(true, Ordering::SeqCst);
+    let _successor = ConsumerProcess::start(&config);
+    sink.wait_for_all(sent.iter().map(|e| e.id())).await;
+}

@@ -88,6 +88,10 @@ impl EventRules {
             if event.schema_version.is_none() {
                 event.schema_version = self.schema_version.clone();
             }
+            // The sender's source, under this route's: a sender reaches only its own
+            // routes, so it cannot pass its events off as another tenant's (source and id
+            // are what consumers and dedupe tell events apart by).
+            event.source = format!("{}/{}", self.source, event.source.trim_start_matches('/'));
             event.traceparent = Some(carried_traceparent(event.traceparent.as_deref()));
             return Ok(Extracted {
                 event,
@@ -323,7 +327,7 @@ mod tests {
     }
 
     #[test]
-    fn a_posted_cloudevent_keeps_its_attributes() {
+    fn a_posted_cloudevent_keeps_its_attributes_with_its_source_under_the_routes() {
         let h = headers(&[
             ("ce-specversion", "1.0"),
             ("ce-id", "tool-run-9"),
@@ -338,7 +342,10 @@ mod tests {
             .unwrap();
         let event = extracted.event;
         assert_eq!(event.id, "tool-run-9");
-        assert_eq!(event.source, "/agents/planner");
+        assert_eq!(
+            event.source, "/ns/a/webhookingresses/gh/github/agents/planner",
+            "another tenant's source cannot be claimed"
+        );
         assert_eq!(event.ty, "tool.execution.finished");
         assert_eq!(event.correlation_id, "wf-1");
         assert_eq!(event.schema_version.as_deref(), Some("3"));

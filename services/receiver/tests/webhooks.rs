@@ -392,7 +392,8 @@ async fn webhooks_of_every_auth_kind_arrive_as_cloudevents_and_bad_ones_publish_
         "a route without eventType takes only CloudEvents: {body}"
     );
 
-    // A CloudEvent posted in structured mode keeps its attributes.
+    // A CloudEvent posted in structured mode keeps its attributes; its source goes under
+    // the route's, so no sender can claim another tenant's.
     let structured = br#"{"specversion":"1.0","id":"tool-run-9","source":"/agents/planner","type":"tool.execution.finished","correlationid":"workflow-42","schemaversion":"2","data":{"ok":true}}"#;
     let (status, body, _) = post(
         url("/open"),
@@ -461,7 +462,10 @@ async fn webhooks_of_every_auth_kind_arrive_as_cloudevents_and_bad_ones_publish_
     assert_eq!(by_type("tool.event").key(), Some(&b"workflow-42"[..]));
     by_type("shop.order");
     let posted = by_type("tool.execution.finished");
-    assert_eq!(header(posted, "ce_source"), Some("/agents/planner"));
+    assert_eq!(
+        header(posted, "ce_source"),
+        Some("/namespaces/test/webhookingresses/hooks/open/agents/planner")
+    );
     assert_eq!(header(posted, "ce_id"), Some("tool-run-9"));
     assert_eq!(header(posted, "ce_schemaversion"), Some("2"));
     assert_eq!(posted.key(), Some(&b"workflow-42"[..]));

@@ -13,7 +13,17 @@ use tokio::sync::watch;
 /// Bound on remembered ids, so a flood of unique ids cannot grow memory without limit.
 const MAX_ENTRIES: usize = 200_000;
 
-type Key = (String, String);
+/// A route and the SHA-256 of the delivery id: ids are held as digests, so an entry has
+/// the same size however long the sender made its id (up to the header limit), and the
+/// bound on entries bounds the bytes.
+type Key = (String, [u8; 32]);
+
+fn key(route: &str, delivery_id: &str) -> Key {
+    let digest = ring::digest::digest(&ring::digest::SHA256, delivery_id.as_bytes());
+    let mut bytes = [0; 32];
+    bytes.copy_from_slice(digest.as_ref());
+    (route.to_owned(), bytes)
+}
 
 enum Entry {
     /// The first attempt is publishing; `true` is sent when it became durable.
@@ -76,7 +86,7 @@ impl Dedupe {
     }
 
     pub async fn claim(&self, route: &str, delivery_id: &str, window: Duration) -> Claim<'_> {
-        let key = (route.to_owned(), delivery_id.to_owned());
+        let key = key(route, delivery_id);
         loop {
             let mut waiting = {
                 let mut inner = self.lock();
@@ -157,5 +167,32 @@ mod tests {
         };
         let (claim, ()) = tokio::join!(retry, fail_first);
         assert!(matches!(claim, Claim::First(_)));
+    }
+
+    #[tokio::test]
+    async fn ids_of_header_length_are_told_apart_and_held_as_digests() {
+        let dedupe = Dedupe::default();
+        let window = Duration::from_secs(60);
+        let long = "x".repeat(8 * 1024);
+        let (a, b) = (format!("{long}a"), format!("{long}b"));
+        match dedupe.claim("r", &a, window).await {
+            Claim::First(guard) => guard.durable(),
+            Claim::Duplicate => panic!("first delivery taken for a duplicate"),
+        }
+        assert!(matches!(
+            dedupe.claim("r", &a, window).await,
+            Claim::Duplicate
+        ));
+        assert!(matches!(
+            dedupe.claim("r", &b, window).await,
+            Claim::First(_)
+        ));
+        let inner = dedupe.lock();
+        let held: usize = inner
+            .entries
+            .keys()
+            .map(|(route, _)| route.len() + 32)
+            .sum();
+        assert!(held < 100, "{held} bytes of keys for two 8 KiB ids");
     }
 }

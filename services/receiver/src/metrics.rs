@@ -140,7 +140,7 @@ impl Metrics {
         );
         registry.register(
             "audit_events_suppressed",
-            "Rejected-signature audit events not published because of the rate limit",
+            "Rejected-signature audit events (and their log lines) not written because of the rate limit",
             self.audit_events_suppressed.clone(),
         );
     }

@@ -194,11 +194,13 @@ impl Receiver {
                 reason: failure.reason(),
             })
             .inc();
-        tracing::info!(route = %route.name, %peer, %failure, "refused a webhook");
+        // The log line and the audit event share the audit rate limit: a flood of bad
+        // signatures is counted in full (signature_failures) but written at that rate.
         if !self.audit.allow() {
             self.metrics.audit_events_suppressed.inc();
             return;
         }
+        tracing::info!(route = %route.name, %peer, %failure, "refused a webhook");
         let mut event = CloudEvent::new(
             uuid::Uuid::new_v4().to_string(),
             route.rules.source.clone(),

@@ -697,3 +697,44 @@ async fn sigterm_mid_load_finishes_open_requests_loses_nothing_and_exits_zero() 
         "no stopping event"
     );
 }
+
+/// A flood of bad tokens is counted in full but logged (and audited) only at the audit
+/// rate: an unauthenticated sender cannot fill the log.
+#[tokio::test]
+async fn a_flood_of_refused_requests_is_counted_but_logged_at_the_audit_rate() {
+    let stack = stack();
+    let topic = create_topic(&stack, 1).await;
+    let dir = scratch_dir("refusal-flood");
+    let token = dir.join("token");
+    std::fs::write(&token, "right-token").unwrap();
+    let routes = format!(
+        "  - name: steps\n    path: /steps\n    topic: {topic}\n    eventType: {{value: workflow.step}}\n    auth: {{bearer: {{secretFile: {}}}}}\n",
+        token.display()
+    );
+    let config = config_yaml(
+        &dir,
+        free_port(),
+        free_port(),
+        &stack.kafka_bootstrap_servers,
+        "instance: refusal-flood\nauditEventsPerSecond: 1",
+        &routes,
+    );
+    let receiver = Receiver::start(&dir, &config).await;
+    let client = reqwest::Client::new();
+    for _ in 0..100 {
+        let response = client
+            .post(format!("{}/steps", receiver.url))
+            .header("Authorization", "Bearer wrong-token")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401);
+    }
+    let text = receiver.metrics().await;
+    let suppressed = metric(&text, "hook_receiver_audit_events_suppressed_total").unwrap();
+    let logged = receiver.log().matches("refused a webhook").count();
+    // One a second, bursts of ten seconds' worth: about ten while the test runs.
+    assert!(logged <= 20, "{logged} refusals logged of 100");
+    assert_eq!(logged as f64 + suppressed, 100.0, "{text}");
+}

@@ -19,7 +19,7 @@ use bridge_operator::{consumer_controller, ingress_controller};
 use bridge_runtime::{Readiness, init_tracing, serve_admin, shutdown_signal};
 use clap::Parser;
 use futures::StreamExt;
-use futures::stream::select_all;
+use futures::stream::{FuturesUnordered, select_all};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::client::ClientBuilder;
 use kube::runtime::Controller;
@@ -128,6 +128,10 @@ enum StartupError {
     LeaderElection(String),
     #[error("the admin server failed: {0}")]
     AdminServer(#[from] std::io::Error),
+    #[error(
+        "the {0} controller stopped on its own ({1}); exiting, so that the kubelet restarts the operator rather than leave it healthy and reconciling nothing"
+    )]
+    ControllerEnded(&'static str, String),
 }
 
 /// A client as `kubectl` would connect (kubeconfig or in-cluster), with at most
@@ -272,18 +276,29 @@ async fn run(args: Args) -> Result<(), StartupError> {
         metrics: metrics.clone(),
         resync: args.resync_interval,
     });
-    let workload_controllers = [
-        tokio::spawn(ingress_controller::run(
-            workloads.clone(),
-            args.watch_namespaces.clone(),
-            stopped.clone(),
-        )),
-        tokio::spawn(consumer_controller::run(
-            workloads,
-            args.watch_namespaces.clone(),
-            stopped.clone(),
-        )),
-    ];
+    // Each workload controller runs in a task of its own: a panic there ends only that
+    // task, so the loop below watches them and stops the operator when one ends unasked.
+    let mut workload_controllers: FuturesUnordered<_> = [
+        (
+            "WebhookIngress",
+            tokio::spawn(ingress_controller::run(
+                workloads.clone(),
+                args.watch_namespaces.clone(),
+                stopped.clone(),
+            )),
+        ),
+        (
+            "EventConsumer",
+            tokio::spawn(consumer_controller::run(
+                workloads,
+                args.watch_namespaces.clone(),
+                stopped.clone(),
+            )),
+        ),
+    ]
+    .into_iter()
+    .map(|(kind, task)| async move { (kind, task.await) })
+    .collect();
 
     let apis: Vec<Api<EventTopic>> = if args.watch_namespaces.is_empty() {
         vec![Api::all(client.clone())]
@@ -320,13 +335,33 @@ async fn run(args: Args) -> Result<(), StartupError> {
     });
     let mut results = select_all(runs);
     let mut lost_lease = false;
+    let mut ended: Option<StartupError> = None;
     loop {
         tokio::select! {
             next = results.next() => match next {
                 Some(Ok((object, _))) => tracing::debug!(object = %object.name, "reconciled"),
                 Some(Err(error)) => tracing::debug!(%error, "reconcile error"),
-                None => break,
+                None => {
+                    if !*stopped.borrow() && ended.is_none() {
+                        ended = Some(StartupError::ControllerEnded("EventTopic", "its watches ended".into()));
+                    }
+                    break;
+                }
             },
+            Some((kind, outcome)) = workload_controllers.next(), if ended.is_none() => {
+                if !*stopped.borrow() {
+                    let why = match outcome {
+                        Err(error) if error.is_panic() => "it panicked; see the log above".to_owned(),
+                        Err(error) => error.to_string(),
+                        Ok(()) => "its watches ended".to_owned(),
+                    };
+                    let error = StartupError::ControllerEnded(kind, why);
+                    tracing::error!("{error}");
+                    readiness.set_not_ready(error.to_string());
+                    ended = Some(error);
+                    let _ = stop.send(true);
+                }
+            }
             changed = leading.changed(), if !lost_lease => {
                 if changed.is_err() || !*leading.borrow() {
                     // Another replica may lead now: stop at once rather than race it.
@@ -339,13 +374,14 @@ async fn run(args: Args) -> Result<(), StartupError> {
             }
         }
     }
-    for controller in workload_controllers {
-        let _ = controller.await;
-    }
+    while workload_controllers.next().await.is_some() {}
     drop(leading);
     let _ = lease_task.await;
     let _ = admin_task.await;
     tracing::info!("stopped");
+    if let Some(error) = ended {
+        return Err(error);
+    }
     if lost_lease {
         return Err(StartupError::LeaderElection("lost the lease".into()));
     }

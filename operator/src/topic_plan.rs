@@ -6,6 +6,10 @@ use std::collections::BTreeMap;
 use bridge_api::EventTopic;
 use bridge_api::duration::DurationError;
 
+/// Acknowledged writes (`acks=all`) survive the loss of one replica only with this many
+/// in sync; Apache Kafka's broker default is 1, so the operator sets it on every topic.
+const MIN_INSYNC_REPLICAS: i32 = 2;
+
 /// The topic an EventTopic asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DesiredTopic {
@@ -87,7 +91,8 @@ impl TopicPlan {
     }
 }
 
-/// The topic `topic` asks for: its extra configs plus `retention.ms` and `cleanup.policy`.
+/// The topic `topic` asks for: its extra configs plus `retention.ms`, `cleanup.policy`, and
+/// `min.insync.replicas` (min(2, replication factor) unless `spec.config` sets it).
 pub fn desired_topic(topic: &EventTopic) -> Result<DesiredTopic, DurationError> {
     let spec = &topic.spec;
     let mut configs: BTreeMap<String, String> = spec
@@ -100,6 +105,9 @@ pub fn desired_topic(topic: &EventTopic) -> Result<DesiredTopic, DurationError> 
         "cleanup.policy".into(),
         spec.cleanup_policy.as_kafka_value().into(),
     );
+    configs
+        .entry("min.insync.replicas".into())
+        .or_insert_with(|| spec.replication_factor.min(MIN_INSYNC_REPLICAS).to_string());
     Ok(DesiredTopic {
         name: topic.topic_name().to_owned(),
         partitions: spec.partitions,
@@ -213,6 +221,30 @@ mod tests {
         assert_eq!(desired.replication_factor, 3);
         assert_eq!(desired.configs["retention.ms"], "2592000000");
         assert_eq!(desired.configs["cleanup.policy"], "delete");
+        assert_eq!(desired.configs["min.insync.replicas"], "2");
+    }
+
+    #[test]
+    fn min_insync_replicas_is_two_at_most_the_replication_factor_unless_the_spec_says() {
+        let with_rf = |rf| {
+            desired_topic(&topic(EventTopicSpec {
+                replication_factor: rf,
+                ..Default::default()
+            }))
+            .unwrap()
+            .configs["min.insync.replicas"]
+                .clone()
+        };
+        assert_eq!(with_rf(1), "1");
+        assert_eq!(with_rf(2), "2");
+        assert_eq!(with_rf(5), "2");
+
+        let mut spec = EventTopicSpec::default();
+        spec.config.insert("min.insync.replicas".into(), "3".into());
+        assert_eq!(
+            desired_topic(&topic(spec)).unwrap().configs["min.insync.replicas"],
+            "3"
+        );
     }
 
     #[test]
@@ -268,6 +300,7 @@ mod tests {
                 ("retention.ms", "2592000000"),
                 ("cleanup.policy", "delete,compact"),
                 ("unclean.leader.election.enable", "false"),
+                ("min.insync.replicas", "02"),
             ],
         );
         assert!(!plan(&desired, &on_broker).writes());
@@ -285,6 +318,11 @@ mod tests {
                     key: "cleanup.policy".into(),
                     old: None,
                     new: "delete".into()
+                },
+                ConfigChange {
+                    key: "min.insync.replicas".into(),
+                    old: None,
+                    new: "2".into()
                 },
                 ConfigChange {
                     key: "retention.ms".into(),

@@ -133,6 +133,41 @@ async fn adopts_an_existing_topic_and_brings_it_to_the_spec_keeping_unmanaged_ke
 }
 
 #[tokio::test]
+async fn topics_get_min_insync_replicas_of_two_at_most_their_replication_factor() {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "et-minisr").await;
+    let _operator = Operator::start(&[&ns.name]).await;
+    let api: Api<EventTopic> = Api::namespaced(client, &ns.name);
+    let replicated = unique_name("rf3");
+    let single = unique_name("rf1");
+    create(&api, &event_topic("rf3", json!({"topicName": replicated}))).await;
+    create(
+        &api,
+        &event_topic("rf1", json!({"topicName": single, "replicationFactor": 1})),
+    )
+    .await;
+    wait_ready(&api, "rf3", "True", "TopicReady").await;
+    wait_ready(&api, "rf1", "True", "TopicReady").await;
+
+    // Configs set on the topic itself: the stack's brokers default to 2, which must not count.
+    let broker = Broker::connect();
+    let min_insync = |topic: String| {
+        let broker = &broker;
+        async move {
+            let on_broker = broker
+                .wait_for("the topic's configs", &topic, |t| {
+                    t.is_some_and(|t| t.configs.contains_key("cleanup.policy"))
+                })
+                .await
+                .unwrap();
+            on_broker.configs.get("min.insync.replicas").cloned()
+        }
+    };
+    assert_eq!(min_insync(replicated).await.as_deref(), Some("2"));
+    assert_eq!(min_insync(single).await.as_deref(), Some("1"));
+}
+
+#[tokio::test]
 async fn drift_is_corrected_and_a_topic_deleted_behind_its_back_is_recreated_with_a_warning() {
     let client = client().await;
     let ns = TestNamespace::create(&client, "et-drift").await;

@@ -92,7 +92,8 @@ pub struct EventTopicSpec {
     #[serde(default)]
     pub cleanup_policy: CleanupPolicy,
 
-    /// Further Kafka topic configs, such as `min.insync.replicas`; values are strings.
+    /// Further Kafka topic configs, such as `segment.ms`; values are strings.
+    /// `min.insync.replicas` is min(2, replicationFactor) unless set here.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 64))]
     #[x_kube(validation = Rule::new("!('retention.ms' in self) && !('cleanup.policy' in self)").message(

@@ -380,6 +380,16 @@ async fn event_topic_schema_refuses_each_invalid_spec_with_its_message() {
             "topicName must be 1 to 249 letters, digits, '.', '_' or '-'",
         ),
         case(
+            "topicName of Kafka's offsets topic",
+            json!({"topicName": "__consumer_offsets"}),
+            "topicName must not start with '_': such names are internal topics of Kafka",
+        ),
+        case(
+            "topicName of a schema registry's topic",
+            json!({"topicName": "_schemas"}),
+            "topicName must not start with '_'",
+        ),
+        case(
             "topicName longer than Kafka allows",
             json!({"topicName": long_name}),
             "spec.topicName: Too long: may not be more than 249",

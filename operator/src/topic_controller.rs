@@ -5,7 +5,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bridge_api::event_topic::DeletionPolicy;
+use bridge_api::event_topic::{
+    DeletionPolicy, INTERNAL_TOPIC_NAME_MESSAGE, is_internal_topic_name,
+};
 use bridge_api::{EventTopic, EventTopicStatus, condition_type, is_paused};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -132,10 +134,18 @@ impl Context {
         Action::requeue(self.backoff.failed(key))
     }
 
-    fn created_now(&self, topic: &str) {
+    /// Records a creation about to be requested; returns whether this process had asked for
+    /// one already (within [`CONFIGS_PROPAGATION`]), which may have gone through.
+    fn created_now(&self, topic: &str) -> bool {
         let mut created = self.created.lock().unwrap_or_else(|e| e.into_inner());
         created.retain(|_, at| at.elapsed() < CONFIGS_PROPAGATION);
-        created.insert(topic.to_owned(), Instant::now());
+        created.insert(topic.to_owned(), Instant::now()).is_some()
+    }
+
+    /// Forgets a creation Kafka refused: whatever has the name was not made by this process.
+    fn forget_created(&self, topic: &str) {
+        let mut created = self.created.lock().unwrap_or_else(|e| e.into_inner());
+        created.remove(topic);
     }
 
     /// How long ago this process created `topic`, if it did within [`CONFIGS_PROPAGATION`].
@@ -159,6 +169,16 @@ impl Context {
 
     fn succeeded(&self, key: &str) {
         self.backoff.succeeded(key);
+    }
+
+    /// Whether the existing topic is `topic`'s to change and delete: it created or adopted
+    /// it (status; or this process created it moments ago, before a status write landed),
+    /// or its spec asks to adopt it.
+    fn owns(&self, topic: &EventTopic, observed: &ObservedTopic) -> bool {
+        let name = topic.topic_name();
+        topic.spec.adopt_existing
+            || self.created_ago(name).is_some()
+            || topic_plan::created_or_adopted(topic.status.as_ref(), name, observed)
     }
 }
 
@@ -249,6 +269,8 @@ pub fn error_policy(topic: Arc<EventTopic>, error: &Error, ctx: Arc<Context>) ->
 /// What one pass decided about the object's status.
 struct Report {
     status: EventTopicStatus,
+    /// The status the object has: as read, or as this pass last wrote it.
+    written: Option<EventTopicStatus>,
     now: Time,
     generation: Option<i64>,
 }
@@ -257,6 +279,7 @@ impl Report {
     fn new(topic: &EventTopic) -> Self {
         Self {
             status: topic.status.clone().unwrap_or_default(),
+            written: topic.status.clone(),
             now: Time(Timestamp::now()),
             generation: topic.metadata.generation,
         }
@@ -285,15 +308,31 @@ impl Report {
         self.status.replication_factor = Some(replication_factor);
     }
 
+    /// Claims `name` in status before CreateTopics is sent, so that a topic this object
+    /// created is known as its own even when the pass ends before its id is written (an
+    /// operator restarted, a status write failed).
+    fn creating(&mut self, name: &str) {
+        self.status.topic_name = Some(name.to_owned());
+        self.status.topic_id = None;
+    }
+
+    /// Gives back the claim of [`Self::creating`] when Kafka refused the creation: the status
+    /// names the topic as before the pass.
+    fn not_created(&mut self, topic: &EventTopic) {
+        let before = topic.status.as_ref();
+        self.status.topic_name = before.and_then(|s| s.topic_name.clone());
+        self.status.topic_id = before.and_then(|s| s.topic_id.clone());
+    }
+
     /// Writes the status only when it differs from what the object already has.
     async fn write(
-        mut self,
+        &mut self,
         topic: &EventTopic,
         api: &Api<EventTopic>,
         ctx: &Context,
     ) -> Result<(), Error> {
         self.status.observed_generation = self.generation;
-        if topic.status.as_ref() == Some(&self.status) {
+        if self.written.as_ref() == Some(&self.status) {
             return Ok(());
         }
         let patch = json!({
@@ -307,6 +346,7 @@ impl Report {
             &Patch::Apply(&patch),
         )
         .await?;
+        self.written = Some(self.status.clone());
         ctx.metrics
             .status_patches
             .get_or_create(&crate::metrics::KindLabel { kind: KIND })
@@ -359,10 +399,10 @@ async fn apply(topic: &EventTopic, ctx: &Context, api: &Api<EventTopic>) -> Resu
     }
     report.clear(condition_type::CONFLICT);
 
-    let desired = match topic_plan::desired_topic(topic) {
+    let desired = match desired_topic(topic) {
         Ok(desired) => desired,
-        Err(error) => {
-            report.ready(false, "InvalidSpec", format!("spec.retention: {error}"));
+        Err(message) => {
+            report.ready(false, "InvalidSpec", message);
             report.write(topic, api, ctx).await?;
             return Ok(Action::await_change());
         }
@@ -370,7 +410,14 @@ async fn apply(topic: &EventTopic, ctx: &Context, api: &Api<EventTopic>) -> Resu
 
     let key = object_key(topic);
     let outcome = match ctx.admin.describe(&topic_name).await {
-        Ok(None) => create(topic, &desired, ctx, &mut report).await,
+        Ok(None) => {
+            report.creating(&desired.name);
+            report.write(topic, api, ctx).await?;
+            create(topic, &desired, ctx, &mut report).await
+        }
+        Ok(Some(observed)) if !ctx.owns(topic, &observed) => {
+            Ok(not_adopted(&desired, ctx, &mut report))
+        }
         Ok(Some(observed)) => converge(topic, &desired, &observed, ctx, &mut report).await,
         Err(error) => Err(error),
     };
@@ -399,6 +446,34 @@ async fn apply(topic: &EventTopic, ctx: &Context, api: &Api<EventTopic>) -> Resu
             Ok(action)
         }
     }
+}
+
+/// The topic the spec asks for, or why none can be asked for (the Ready message).
+fn desired_topic(topic: &EventTopic) -> Result<DesiredTopic, String> {
+    let name = topic.topic_name();
+    // The schema refuses these names; objects made before that rule still come here.
+    if is_internal_topic_name(name) {
+        return Err(format!(
+            "spec.{INTERNAL_TOPIC_NAME_MESSAGE}; nothing is written to Kafka for {name}: delete this EventTopic (topicName cannot change)"
+        ));
+    }
+    topic_plan::desired_topic(topic).map_err(|error| format!("spec.retention: {error}"))
+}
+
+/// Leaves a topic that exists and is not the object's alone and says how to adopt it. Looked
+/// at again on resync: the topic may go, and then it is created.
+fn not_adopted(desired: &DesiredTopic, ctx: &Context, report: &mut Report) -> Action {
+    report.ready(
+        false,
+        "TopicExists",
+        format!(
+            "Kafka topic {} exists and was not created by this EventTopic; nothing in Kafka was changed. \
+             To manage it, set spec.adoptExisting: true: the operator then sets its retention, cleanup policy and spec.config, \
+             adds partitions, and under deletionPolicy Delete deletes it with this object",
+            desired.name
+        ),
+    );
+    ctx.resync_action()
 }
 
 /// What to tell the user when Kafka refuses a request, and whether to retry.
@@ -461,16 +536,28 @@ async fn create(
 ) -> Result<Action, AdminError> {
     // Recorded before the request: a CreateTopics that timed out may still have created
     // the topic, and its configs lag like those of any new topic.
-    ctx.created_now(&desired.name);
+    let asked_before = ctx.created_now(&desired.name);
     match ctx.admin.create(desired).await {
         Ok(()) => {}
-        // The description a moment ago did not show it: a broker behind the controller, or
-        // a creation of ours that timed out and went through after all. Either way the topic
-        // exists, and the next pass adopts it from a fresh description.
-        Err(AdminError::Refused {
-            code: RDKafkaErrorCode::TopicAlreadyExists,
-            ..
-        }) => {
+        // Nothing was created by this request. Unless an earlier one of ours may have gone
+        // through, whatever has the name is not this object's.
+        Err(error @ AdminError::Refused { .. }) => {
+            if !asked_before {
+                ctx.forget_created(&desired.name);
+                report.not_created(topic);
+            }
+            if !matches!(
+                error,
+                AdminError::Refused {
+                    code: RDKafkaErrorCode::TopicAlreadyExists,
+                    ..
+                }
+            ) {
+                return Err(error);
+            }
+            // The description a moment ago did not show it: a broker behind the controller,
+            // or a creation of ours that timed out and went through after all. The next pass
+            // decides from a fresh description whose it is.
             tracing::debug!(topic = %desired.name, "already exists; describing it again");
             return Ok(Action::requeue(Duration::from_secs(2)));
         }
@@ -614,7 +701,7 @@ fn in_line_message(desired: &DesiredTopic, partitions: i32, replication_factor: 
 
 async fn cleanup(topic: &EventTopic, ctx: &Context) -> Result<Action, Error> {
     let topic_name = topic.topic_name();
-    if topic.spec.deletion_policy == DeletionPolicy::Retain {
+    if topic.spec.deletion_policy == DeletionPolicy::Retain || is_internal_topic_name(topic_name) {
         return Ok(Action::await_change());
     }
     if let Some(owner) = ctx.other_owner(topic) {
@@ -629,6 +716,13 @@ async fn cleanup(topic: &EventTopic, ctx: &Context) -> Result<Action, Error> {
         tracing::info!(object = %object_key(topic), "paused: Kafka topic {topic_name} left in place");
         return Ok(Action::await_change());
     }
+    if !deletes_its_own(topic, ctx).await? {
+        tracing::info!(
+            object = %object_key(topic),
+            "Kafka topic {topic_name} was not created or adopted by this EventTopic; not deleting it"
+        );
+        return Ok(Action::await_change());
+    }
     ctx.admin.delete(topic_name).await.map_err(Error::Delete)?;
     ctx.audit
         .record(
@@ -639,6 +733,18 @@ async fn cleanup(topic: &EventTopic, ctx: &Context) -> Result<Action, Error> {
         )
         .await;
     Ok(Action::await_change())
+}
+
+/// Whether the object's topic exists and is its own to delete. A topic this process created
+/// moments ago counts even while descriptions do not show it yet.
+async fn deletes_its_own(topic: &EventTopic, ctx: &Context) -> Result<bool, Error> {
+    let name = topic.topic_name();
+    Ok(
+        match ctx.admin.describe(name).await.map_err(Error::Delete)? {
+            Some(observed) => ctx.owns(topic, &observed),
+            None => ctx.created_ago(name).is_some(),
+        },
+    )
 }
 
 /// Drops the operator's finalizer after `deletionPolicy` went from Delete to Retain.
@@ -666,6 +772,20 @@ async fn remove_finalizer(topic: &EventTopic, api: &Api<EventTopic>) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_object_made_before_the_schema_refused_internal_names_gets_invalid_spec() {
+        let spec = bridge_api::EventTopicSpec {
+            topic_name: Some("__consumer_offsets".into()),
+            ..Default::default()
+        };
+        let message = desired_topic(&EventTopic::new("offsets", spec)).unwrap_err();
+        assert!(
+            message.starts_with("spec.topicName must not start with '_'"),
+            "{message}"
+        );
+        assert!(message.contains("nothing is written to Kafka"), "{message}");
+    }
 
     #[test]
     fn jitter_stays_within_ten_percent() {

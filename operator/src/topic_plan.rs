@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use bridge_api::EventTopic;
 use bridge_api::duration::DurationError;
+use bridge_api::{EventTopic, EventTopicStatus};
 
 /// Acknowledged writes (`acks=all`) survive the loss of one replica only with this many
 /// in sync; Apache Kafka's broker default is 1, so the operator sets it on every topic.
@@ -114,6 +114,24 @@ pub fn desired_topic(topic: &EventTopic) -> Result<DesiredTopic, DurationError> 
         replication_factor: spec.replication_factor,
         configs,
     })
+}
+
+/// Whether the existing topic `name` is the one the object with `status` created or adopted:
+/// the status names it, and its id is the topic's where both are known. A status naming the
+/// topic without an id is a creation whose id was not known yet (the operator writes that
+/// status before it sends CreateTopics); a description without an id tells nothing new.
+pub fn created_or_adopted(
+    status: Option<&EventTopicStatus>,
+    name: &str,
+    observed: &ObservedTopic,
+) -> bool {
+    let Some(status) = status.filter(|s| s.topic_name.as_deref() == Some(name)) else {
+        return false;
+    };
+    match (&status.topic_id, &observed.topic_id) {
+        (Some(ours), Some(on_broker)) => ours == on_broker,
+        _ => true,
+    }
 }
 
 /// The changes that bring `observed` to `desired`. Only the keys the spec manages are
@@ -245,6 +263,40 @@ mod tests {
             desired_topic(&topic(spec)).unwrap().configs["min.insync.replicas"],
             "3"
         );
+    }
+
+    fn status(topic_name: Option<&str>, topic_id: Option<&str>) -> EventTopicStatus {
+        EventTopicStatus {
+            topic_name: topic_name.map(Into::into),
+            topic_id: topic_id.map(Into::into),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_topic_is_the_objects_own_only_when_its_status_names_it_with_the_same_id() {
+        let own = |s: Option<EventTopicStatus>, on_broker_id: Option<&str>| {
+            let mut on_broker = observed(6, 3, &[]);
+            on_broker.topic_id = on_broker_id.map(Into::into);
+            created_or_adopted(s.as_ref(), "orders", &on_broker)
+        };
+        let id = Some("AAAA");
+        assert!(!own(None, id), "a new object finds another's topic");
+        assert!(!own(Some(status(None, None)), id));
+        assert!(
+            !own(Some(status(Some("orders"), Some("BBBB"))), id),
+            "re-created by someone else"
+        );
+        assert!(own(Some(status(Some("orders"), id)), id));
+        assert!(
+            own(Some(status(Some("orders"), None)), id),
+            "created, id not yet known"
+        );
+        assert!(
+            own(Some(status(Some("orders"), id)), None),
+            "the broker gave no id this time"
+        );
+        assert!(!own(None, None));
     }
 
     #[test]

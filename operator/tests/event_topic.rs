@@ -112,7 +112,10 @@ async fn adopts_an_existing_topic_and_brings_it_to_the_spec_keeping_unmanaged_ke
     let api: Api<EventTopic> = Api::namespaced(client, &ns.name);
     create(
         &api,
-        &event_topic("legacy", json!({"topicName": topic, "partitions": 4})),
+        &event_topic(
+            "legacy",
+            json!({"topicName": topic, "partitions": 4, "adoptExisting": true}),
+        ),
     )
     .await;
 
@@ -130,6 +133,84 @@ async fn adopts_an_existing_topic_and_brings_it_to_the_spec_keeping_unmanaged_ke
         on_broker.configs["max.message.bytes"], "2000000",
         "a key the spec does not manage is left alone"
     );
+}
+
+/// A topic as another team's tool would make it: not what an EventTopic's defaults ask for.
+async fn made_outside(broker: &Broker, prefix: &str) -> (String, support::BrokerTopic) {
+    let topic = unique_name(prefix);
+    broker
+        .create_topic(
+            &topic,
+            2,
+            &[("retention.ms", "1000"), ("cleanup.policy", "compact")],
+        )
+        .await;
+    let before = broker
+        .wait_for("the topic made outside", &topic, |t| {
+            t.is_some_and(|t| t.configs.contains_key("cleanup.policy"))
+        })
+        .await
+        .unwrap();
+    (topic, before)
+}
+
+#[tokio::test]
+async fn a_topic_made_outside_is_left_untouched_and_reported_until_the_object_opts_in() {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "et-foreign").await;
+    let broker = Broker::connect();
+    let (topic, before) = made_outside(&broker, "foreign").await;
+    let _operator = Operator::start(&[&ns.name]).await;
+    let api: Api<EventTopic> = Api::namespaced(client, &ns.name);
+    create(
+        &api,
+        &event_topic("foreign", json!({"topicName": topic, "partitions": 4})),
+    )
+    .await;
+
+    let message = wait_ready(&api, "foreign", "False", "TopicExists").await;
+    assert!(message.contains("spec.adoptExisting: true"), "{message}");
+    tokio::time::sleep(RESYNC * 2).await;
+    assert_eq!(
+        broker.describe(&topic).await.as_ref(),
+        Some(&before),
+        "neither configs nor partitions changed"
+    );
+    let status = api.get("foreign").await.unwrap().status.unwrap();
+    assert_eq!(status.topic_id, None, "the topic is not the object's");
+}
+
+#[tokio::test]
+async fn deleting_an_object_under_delete_policy_leaves_a_topic_it_never_adopted() {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "et-foreign-del").await;
+    let broker = Broker::connect();
+    let (topic, before) = made_outside(&broker, "foreign-del").await;
+    let _operator = Operator::start(&[&ns.name]).await;
+    let api: Api<EventTopic> = Api::namespaced(client, &ns.name);
+    create(
+        &api,
+        &event_topic(
+            "foreign",
+            json!({"topicName": topic, "deletionPolicy": "Delete"}),
+        ),
+    )
+    .await;
+    // Reconciled once: the finalizer of deletionPolicy Delete is on.
+    eventually("the object reconciled", BOUND, || async {
+        let t = api.get("foreign").await.ok()?;
+        condition(&t, "Ready").and(t.metadata.finalizers)
+    })
+    .await;
+
+    api.delete("foreign", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the object gone", BOUND, || async {
+        api.get_opt("foreign").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert_eq!(broker.describe(&topic).await, Some(before));
 }
 
 #[tokio::test]

@@ -12,6 +12,9 @@ use crate::duration::{DurationError, Retention};
 /// The longest topic name Kafka accepts.
 pub const MAX_TOPIC_NAME_LENGTH: usize = 249;
 
+/// Why a topic name starting with `_` is refused, by the schema and by the operator alike.
+pub const INTERNAL_TOPIC_NAME_MESSAGE: &str = "topicName must not start with '_': such names are internal topics of Kafka (__consumer_offsets, __transaction_state) and of its tools (_schemas, _confluent-*), which an EventTopic must never manage";
+
 /// A Kafka topic, created and kept in line with this spec by the operator.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
@@ -64,9 +67,12 @@ pub struct EventTopicSpec {
     /// Kafka topic name; defaults to metadata.name. Cannot change once the object exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 249))]
-    #[x_kube(validation = Rule::new("self.matches('^[a-zA-Z0-9._-]+$') && self != '.' && self != '..'").message(
-        "topicName must be 1 to 249 letters, digits, '.', '_' or '-' (Kafka's legal topic names), and not '.' or '..'"
-    ))]
+    #[x_kube(
+        validation = Rule::new("self.matches('^[a-zA-Z0-9._-]+$') && self != '.' && self != '..'").message(
+            "topicName must be 1 to 249 letters, digits, '.', '_' or '-' (Kafka's legal topic names), and not '.' or '..'"
+        ),
+        validation = Rule::new("!self.startsWith('_')").message(INTERNAL_TOPIC_NAME_MESSAGE)
+    )]
     pub topic_name: Option<String>,
 
     /// Number of partitions. Kafka can add partitions but never remove them, so this may only grow.
@@ -104,6 +110,16 @@ pub struct EventTopicSpec {
     /// `Retain` leaves the Kafka topic when the object is deleted; `Delete` deletes the topic first.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+
+    /// Take over a Kafka topic that exists already and that this EventTopic did not create
+    /// (made with kafka-topics, by another tool, left by a deleted EventTopic). Without it
+    /// such a topic is left untouched, never deleted, and the object reports Ready=False
+    /// TopicExists. With it the operator adopts the topic: sets retention.ms,
+    /// cleanup.policy and spec.config on it, adds partitions, and under deletionPolicy
+    /// Delete deletes it with the object. Once adopted (status.topicId names it) the topic
+    /// stays this object's; the field matters only until then.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopt_existing: bool,
 }
 
 fn default_partitions() -> i32 {
@@ -124,6 +140,7 @@ impl Default for EventTopicSpec {
             cleanup_policy: CleanupPolicy::default(),
             config: BTreeMap::new(),
             deletion_policy: DeletionPolicy::default(),
+            adopt_existing: false,
         }
     }
 }
@@ -144,6 +161,13 @@ impl EventTopic {
             .or(self.metadata.name.as_deref())
             .unwrap_or_default()
     }
+}
+
+/// Whether `name` is an internal topic of Kafka or of a tool around it (`__consumer_offsets`,
+/// `_schemas`, ...): none an EventTopic may manage. The schema refuses them; objects made
+/// before that rule still reach the operator.
+pub fn is_internal_topic_name(name: &str) -> bool {
+    name.starts_with('_')
 }
 
 /// Kafka's `cleanup.policy`.
@@ -278,5 +302,19 @@ mod tests {
         let value = serde_json::to_value(EventTopicSpec::default()).unwrap();
         assert!(value.get("topicName").is_none());
         assert!(value.get("config").is_none());
+        assert!(value.get("adoptExisting").is_none());
+    }
+
+    #[test]
+    fn internal_topics_of_kafka_and_its_tools_are_recognised() {
+        for name in [
+            "__consumer_offsets",
+            "__transaction_state",
+            "_schemas",
+            "_confluent-metrics",
+        ] {
+            assert!(is_internal_topic_name(name), "{name}");
+        }
+        assert!(!is_internal_topic_name("orders_v1"));
     }
 }

@@ -99,6 +99,12 @@ expect("Conflict -> Degraded", {
     { type = "Conflict", status = "True", reason = "TopicClaimed", message = "claimed" } } },
 }, "Degraded", "Conflict")
 
+expect("EventTopic aimed at a topic it did not create -> Degraded", {
+  kind = "EventTopic", metadata = { name = "b", generation = 1 },
+  status = { observedGeneration = 1, conditions = {
+    ready("False", "TopicExists", "Kafka topic b exists and was not created by this EventTopic") } },
+}, "Degraded", "TopicExists")
+
 if failures > 0 then
   print(failures .. " health check case(s) failed")
   os.exit(1)

@@ -310,6 +310,20 @@ async fn a_rollout_under_steady_load_refuses_and_resets_nothing() {
     })
     .await;
     let url = support::service_url(&client, &ns.name, "hooks-receiver").await;
+    // kube-proxy programs a new Service's address a moment after its endpoints are ready.
+    let probe = reqwest::Client::new();
+    eventually("the Service to route webhooks", BOUND, || async {
+        let answer = probe
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("x-delivery", "probe")
+            .body(r#"{"id": "probe"}"#)
+            .send()
+            .await
+            .ok()?;
+        answer.status().is_success().then_some(())
+    })
+    .await;
 
     let rolling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let senders: Vec<_> = (0..4)

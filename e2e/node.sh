@@ -568,8 +568,10 @@ start_local_path_provisioner() { # helper image
 }
 
 local_path_provisioner_started() {
+  # Not `grep -q`: it exits at the first match, and with more than a pipe's worth of log
+  # after the offset, tail then dies of SIGPIPE and pipefail makes the check fail.
   tail -c "+$(($(cat "$RUN/local-path/log-offset") + 1))" "$RUN/logs/local-path-provisioner.log" |
-    grep -q 'Started provisioner controller'
+    grep 'Started provisioner controller' > /dev/null
 }
 
 crictl_() { "$CRI_TOOLS_DIR/bin/crictl" --runtime-endpoint "unix://$CONTAINERD_SOCKET" --timeout 20s "$@"; }

@@ -645,8 +645,11 @@ kafka_brokers_registered() { # count: the cluster metadata lists at least that m
   [ "$(kcat -b "$(kafka_bootstrap)" -L -m 3 2>/dev/null | sed -n 's/^ *\([0-9]*\) brokers:$/\1/p')" -ge "$1" ]
 }
 
+# Not `grep -q` on kcat's metadata: grep would exit at the broker line while kcat still
+# writes every topic's partitions, and with a few hundred of them kcat dies of SIGPIPE and
+# pipefail fails the check however healthy the broker is.
 kafka_broker_in_metadata() { # node id
-  kcat -b "$(kafka_bootstrap)" -L -m 3 2>/dev/null | grep -q "broker $1 at $NODE_IP:"
+  kcat -b "$(kafka_bootstrap)" -L -m 3 2>/dev/null | grep "broker $1 at $NODE_IP:" > /dev/null
 }
 
 kafka_ssl_listening() { # node id: its SSL port accepts connections
@@ -658,7 +661,7 @@ kafka_ssl_listening() { # node id: its SSL port accepts connections
 kafka_ssl_serves() { # node id
   local port=${KAFKA_SSL_PORTS[$(($1 - 1))]}
   kcat -b "127.0.0.1:$port" -X security.protocol=ssl -X ssl.ca.location="$PKI/ca.crt" -L -m 3 2>/dev/null |
-    grep -q "broker $1 at 127.0.0.1:$port"
+    grep "broker $1 at 127.0.0.1:$port" > /dev/null
 }
 
 # A broker started before stack.sh gave it an SSL listener runs without one until it is

@@ -627,7 +627,7 @@ node_start_agents() {
 
 # Removes every Pod sandbox through the CRI (containerd stops the containers, calls CNI DEL
 # and unmounts their network namespaces), then stops the node's processes and undoes what
-# the node changed on the host; the volumes' directories go too.
+# the node changed on the host; the volumes' directories stay (see below).
 node_down() {
   node_owned_here || return 0
   # Before the kubelet: no helper Pod started that none would run.
@@ -647,8 +647,11 @@ node_down() {
   fi
   iptables_remove_kube_chains
   node_unmount_all
-  # The claims' data: their PersistentVolumes stay in etcd and come back empty.
-  rm -rf "$LOCAL_PATH_DATA"
+  # The claims' data stays, as their PersistentVolumes stay in etcd: a claim keeps what it
+  # held across `down` and `up` (a receiver's spool its events). Deleted, each came back as
+  # an empty directory the kubelet made, root's and mode 0755, which the receivers (uid
+  # 65532) cannot write: they crash-looped on "cannot open the spool". local-path deletes
+  # a volume's directory when its claim goes.
   ip link del "$NODE_BRIDGE" 2>/dev/null || true
   ip link del "$NODE_INTERFACE" 2>/dev/null || true
   cgroups_remove kubepods

@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -53,21 +52,7 @@ async fn a_drain_waits_for_the_spools_owner_then_delivers_every_spooled_event_on
         with_kafka.replace(&receiver_admin, &drain_admin),
     )
     .unwrap();
-    let termination_log = receiver.dir.join("termination-log");
-    std::fs::write(&termination_log, "").unwrap();
-    let drain_log = receiver.dir.join("drain.log");
-    let mut drain = Command::new(env!("CARGO_BIN_EXE_hook-receiver"))
-        .arg("--config")
-        .arg(&drain_config)
-        .arg("--drain")
-        .arg("--termination-log")
-        .arg(&termination_log)
-        .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&drain_log).unwrap())
-        .spawn()
-        .expect("starting hook-receiver --drain");
-    let log = || std::fs::read_to_string(&drain_log).unwrap_or_default();
+    let mut drain = DrainProcess::start(&receiver.dir, &drain_config);
 
     let waiting = bridge_e2e::eventually(
         "the drain to wait for the spool's lock",
@@ -92,7 +77,7 @@ async fn a_drain_waits_for_the_spools_owner_then_delivers_every_spooled_event_on
         .await
         .unwrap();
     assert_eq!(spool_while_waiting.status(), 503);
-    assert!(drain.try_wait().unwrap().is_none(), "{}", log());
+    assert!(drain.child.try_wait().unwrap().is_none(), "{}", drain.log());
 
     receiver.signal("TERM");
     assert_eq!(
@@ -101,12 +86,8 @@ async fn a_drain_waits_for_the_spools_owner_then_delivers_every_spooled_event_on
         "{}",
         receiver.log()
     );
-    let exit = bridge_e2e::eventually("the drain to exit", Duration::from_secs(120), || {
-        let exited = drain.try_wait().unwrap();
-        async move { exited }
-    })
-    .await;
-    assert_eq!(exit.code(), Some(0), "{}", log());
+    let exit = drain.wait_exit(Duration::from_secs(120)).await;
+    assert_eq!(exit.code(), Some(0), "{}", drain.log());
 
     let messages = read_topic(&stack, &topic, acknowledged.len(), Duration::from_secs(60)).await;
     let duplicates = assert_all_arrived_in_key_order(&acknowledged, &messages);
@@ -114,7 +95,7 @@ async fn a_drain_waits_for_the_spools_owner_then_delivers_every_spooled_event_on
     assert_eq!(messages.len(), acknowledged.len());
     let spool_dir = receiver.dir.join("spool");
     assert_eq!(
-        std::fs::read_to_string(&termination_log).unwrap(),
+        std::fs::read_to_string(&drain.termination_log).unwrap(),
         format!(
             "drained {} events from {}\n",
             acknowledged.len(),

@@ -9,10 +9,9 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use bridge_e2e::{Stack, eventually};
+use bridge_e2e::Stack;
 use common::*;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -179,32 +178,15 @@ async fn a_spooled_event_kafka_refuses_goes_to_quarantine_and_the_rest_drain_in_
         ),
     )
     .unwrap();
-    let termination_log = dir.join("termination-log");
-    std::fs::write(&termination_log, "").unwrap();
-    let drain_log = dir.join("drain.log");
-    let mut drain = Command::new(env!("CARGO_BIN_EXE_hook-receiver"))
-        .arg("--config")
-        .arg(&drain_config)
-        .arg("--drain")
-        .arg("--termination-log")
-        .arg(&termination_log)
-        .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&drain_log).unwrap())
-        .spawn()
-        .expect("starting hook-receiver --drain");
-    let exit = eventually("the drain to exit", Duration::from_secs(120), || {
-        let exited = drain.try_wait().unwrap();
-        async move { exited }
-    })
-    .await;
-    let log = std::fs::read_to_string(&drain_log).unwrap_or_default();
+    let mut drain = DrainProcess::start(&dir, &drain_config);
+    let exit = drain.wait_exit(Duration::from_secs(120)).await;
     assert_eq!(
         exit.code(),
         Some(1),
-        "a drain that left events in quarantine fails, so its volume is kept: {log}"
+        "a drain that left events in quarantine fails, so its volume is kept: {}",
+        drain.log()
     );
-    let message = std::fs::read_to_string(&termination_log).unwrap();
+    let message = std::fs::read_to_string(&drain.termination_log).unwrap();
     let quarantine = dir.join("spool").join("quarantine.log");
     assert!(
         message.trim_end().ends_with(&format!(

@@ -251,6 +251,59 @@ impl Drop for Receiver {
     }
 }
 
+/// `hook-receiver --drain` as a drain Job runs it: `config` and an empty termination-message
+/// file in `dir`, its log in `dir/drain.log`; killed when dropped.
+pub struct DrainProcess {
+    pub child: Child,
+    pub termination_log: PathBuf,
+    log_path: PathBuf,
+}
+
+impl DrainProcess {
+    pub fn start(dir: &Path, config: &Path) -> Self {
+        let termination_log = dir.join("termination-log");
+        std::fs::write(&termination_log, "").unwrap();
+        let log_path = dir.join("drain.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_hook-receiver"))
+            .arg("--config")
+            .arg(config)
+            .arg("--drain")
+            .arg("--termination-log")
+            .arg(&termination_log)
+            .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .expect("starting hook-receiver --drain");
+        Self {
+            child,
+            termination_log,
+            log_path,
+        }
+    }
+
+    /// Waits (bounded) for the drain to exit and returns its status.
+    pub async fn wait_exit(&mut self, bound: Duration) -> std::process::ExitStatus {
+        let child = &mut self.child;
+        eventually("the drain to exit", bound, || {
+            let exited = child.try_wait().unwrap();
+            async move { exited }
+        })
+        .await
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for DrainProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A metric's value from the OpenMetrics text (the first line that starts with `series`).
 pub fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines()

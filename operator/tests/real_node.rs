@@ -10,12 +10,12 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
-use bridge_api::{EventTopic, WebhookIngress};
-use bridge_e2e::{Stack, TestNamespace, eventually, unique_name};
+use bridge_api::WebhookIngress;
+use bridge_e2e::{Stack, TestNamespace, eventually};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
-use support::{BOUND, Operator, create, event_topic, wait_ready};
+use support::{BOUND, Operator};
 
 /// A one-replica GitHub WebhookIngress, Ready, in a namespace of its own.
 struct Receiver {
@@ -29,14 +29,7 @@ impl Receiver {
         let client = Stack::from_env().unwrap().kube_client().await;
         let ns = TestNamespace::create(&client, prefix).await;
         let operator = Operator::start(&[&ns.name]).await;
-        let topics: Api<EventTopic> = Api::namespaced(client.clone(), &ns.name);
-        let topic = unique_name("node");
-        create(
-            &topics,
-            &event_topic("node", json!({"topicName": topic, "partitions": 1})),
-        )
-        .await;
-        wait_ready(&topics, "node", "True", "TopicReady").await;
+        support::ready_event_topic(&client, &ns.name, "node", "node", 1).await;
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
         let secret: Secret = serde_json::from_value(
             json!({"metadata": {"name": "github"}, "stringData": {"secret": "s3cret"}}),
@@ -288,14 +281,7 @@ async fn a_rollout_under_steady_load_refuses_and_resets_nothing() {
     let client = stack.kube_client().await;
     let ns = TestNamespace::create(&client, "node-load-roll").await;
     let _operator = Operator::start(&[&ns.name]).await;
-    let topics: Api<EventTopic> = Api::namespaced(client.clone(), &ns.name);
-    let topic = unique_name("load-roll");
-    create(
-        &topics,
-        &event_topic("hooks", json!({"topicName": topic, "partitions": 3})),
-    )
-    .await;
-    wait_ready(&topics, "hooks", "True", "TopicReady").await;
+    let topic = support::ready_event_topic(&client, &ns.name, "hooks", "load-roll", 3).await;
     let ingresses: Api<WebhookIngress> = Api::namespaced(client.clone(), &ns.name);
     ingresses
         .create(

@@ -8,13 +8,11 @@ mod support;
 
 use std::time::Duration;
 
-use bridge_api::{EventTopic, WebhookIngress, condition_type, find_condition};
-use bridge_e2e::{Stack, TestNamespace, eventually, unique_name};
+use bridge_api::{WebhookIngress, condition_type, find_condition};
+use bridge_e2e::{Stack, TestNamespace, eventually};
 use kube::api::{Api, DeleteParams, PostParams};
-use serde_json::json;
 use support::{
-    BOUND, BrokersDown, Operator, Webhooks, claim_names, create, delivered, event_topic,
-    service_url, spooling_ingress, wait_ready,
+    BOUND, BrokersDown, Operator, Webhooks, claim_names, delivered, service_url, spooling_ingress,
 };
 
 #[tokio::test]
@@ -23,14 +21,7 @@ async fn a_deleted_webhook_ingress_waits_for_its_spools_to_drain_and_loses_nothi
     let client = stack.kube_client().await;
     let ns = TestNamespace::create(&client, "spool-delete").await;
     let _operator = Operator::start(&[&ns.name]).await;
-    let topics: Api<EventTopic> = Api::namespaced(client.clone(), &ns.name);
-    let topic = unique_name("deleted");
-    create(
-        &topics,
-        &event_topic("hooks", json!({"topicName": topic, "partitions": 3})),
-    )
-    .await;
-    wait_ready(&topics, "hooks", "True", "TopicReady").await;
+    let topic = support::ready_event_topic(&client, &ns.name, "hooks", "deleted", 3).await;
     let ingresses: Api<WebhookIngress> = Api::namespaced(client.clone(), &ns.name);
     ingresses
         .create(

@@ -13,14 +13,11 @@ mod support;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use bridge_api::{EventTopic, WebhookIngress};
-use bridge_e2e::{Stack, TestNamespace, eventually, unique_name};
+use bridge_api::WebhookIngress;
+use bridge_e2e::{Stack, TestNamespace, eventually};
 use kube::api::{Api, PostParams};
 use serde_json::json;
-use support::{
-    BOUND, BrokersDown, Operator, create, delivered, event_topic, ready_endpoints,
-    spooling_ingress, wait_ready,
-};
+use support::{BOUND, BrokersDown, Operator, delivered, ready_endpoints, spooling_ingress};
 
 /// The key every event carries.
 const KEY: &str = "order-42";
@@ -88,14 +85,7 @@ async fn one_keys_events_keep_each_replicas_answer_order_across_an_outage() {
     let client = stack.kube_client().await;
     let ns = TestNamespace::create(&client, "spool-order").await;
     let _operator = Operator::start(&[&ns.name]).await;
-    let topics: Api<EventTopic> = Api::namespaced(client.clone(), &ns.name);
-    let topic = unique_name("order");
-    create(
-        &topics,
-        &event_topic("hooks", json!({"topicName": topic, "partitions": 3})),
-    )
-    .await;
-    wait_ready(&topics, "hooks", "True", "TopicReady").await;
+    let topic = support::ready_event_topic(&client, &ns.name, "hooks", "order", 3).await;
     let mut ingress = spooling_ingress("hooks", 2, "hooks");
     ingress["spec"]["routes"][0]["correlationId"] = json!({"header": "x-key"});
     let ingresses: Api<WebhookIngress> = Api::namespaced(client.clone(), &ns.name);

@@ -6,12 +6,12 @@
 
 mod support;
 
-use bridge_api::{EventTopic, WebhookIngress};
-use bridge_e2e::{Stack, TestNamespace, eventually, unique_name};
+use bridge_api::WebhookIngress;
+use bridge_e2e::{Stack, TestNamespace, eventually};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
-use support::{BOUND, BrokersDown, Operator, create, event_topic, ready_endpoints, wait_ready};
+use support::{BOUND, BrokersDown, Operator, ready_endpoints};
 
 /// Whether the Pod's Ready condition is True.
 async fn pod_ready(pods: &Api<Pod>, name: &str) -> Option<bool> {
@@ -30,14 +30,7 @@ async fn a_full_spool_takes_its_receiver_out_of_the_service_until_kafka_is_back(
     let client = stack.kube_client().await;
     let ns = TestNamespace::create(&client, "node-spool").await;
     let _operator = Operator::start(&[&ns.name]).await;
-    let topics: Api<EventTopic> = Api::namespaced(client.clone(), &ns.name);
-    let topic = unique_name("spool");
-    create(
-        &topics,
-        &event_topic("hooks", json!({"topicName": topic, "partitions": 1})),
-    )
-    .await;
-    wait_ready(&topics, "hooks", "True", "TopicReady").await;
+    support::ready_event_topic(&client, &ns.name, "hooks", "spool", 1).await;
     let ingresses: Api<WebhookIngress> = Api::namespaced(client.clone(), &ns.name);
     let ingress: WebhookIngress = serde_json::from_value(json!({
         "apiVersion": "bridge.omninode.io/v1alpha1",

@@ -9,15 +9,15 @@ mod support;
 
 use std::time::Duration;
 
-use bridge_api::{EventTopic, WebhookIngress};
-use bridge_e2e::{Stack, TestNamespace, eventually, unique_name};
+use bridge_api::WebhookIngress;
+use bridge_e2e::{Stack, TestNamespace, eventually};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use support::{
-    BOUND, BrokersDown, Operator, Webhooks, claim_names, create, delivered, event_topic, rolled,
-    service_url, spooling_ingress, wait_ready,
+    BOUND, BrokersDown, Operator, Webhooks, claim_names, delivered, rolled, service_url,
+    spooling_ingress,
 };
 
 /// Long enough for a receiver Pod to stop while Kafka is away: the preStop pause, then
@@ -32,14 +32,7 @@ async fn acknowledged_webhooks_survive_rollouts_pod_deletes_and_a_scale_down_dur
     let client = stack.kube_client().await;
     let ns = TestNamespace::create(&client, "spool-survives").await;
     let _operator = Operator::start(&[&ns.name]).await;
-    let topics: Api<EventTopic> = Api::namespaced(client.clone(), &ns.name);
-    let topic = unique_name("survives");
-    create(
-        &topics,
-        &event_topic("hooks", json!({"topicName": topic, "partitions": 3})),
-    )
-    .await;
-    wait_ready(&topics, "hooks", "True", "TopicReady").await;
+    let topic = support::ready_event_topic(&client, &ns.name, "hooks", "survives", 3).await;
 
     // A second route, signed with the Secret `rotating`: rotating it rolls the receivers.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);

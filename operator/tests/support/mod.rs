@@ -475,6 +475,29 @@ pub async fn delivered(topic: &str, acknowledged: &[String], bound: Duration) ->
     }
 }
 
+/// Creates the EventTopic `name` in `namespace` on a new Kafka topic (`prefix` and a
+/// unique suffix) with `partitions`, waits until it is Ready, and returns the Kafka topic.
+pub async fn ready_event_topic(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    prefix: &str,
+    partitions: i32,
+) -> String {
+    let topics: Api<EventTopic> = Api::namespaced(client.clone(), namespace);
+    let topic = bridge_e2e::unique_name(prefix);
+    create(
+        &topics,
+        &event_topic(
+            name,
+            serde_json::json!({"topicName": topic, "partitions": partitions}),
+        ),
+    )
+    .await;
+    wait_ready(&topics, name, "True", "TopicReady").await;
+    topic
+}
+
 /// A WebhookIngress with one unsigned route `/hooks` to the EventTopic `topic`, keyed by
 /// the `x-delivery` header, and a small spool per replica.
 pub fn spooling_ingress(name: &str, replicas: i32, topic: &str) -> serde_json::Value {

@@ -1053,31 +1053,18 @@ impl Publisher {
             .find(|(name, _)| name == "ce_source")
             .map(|(_, source)| String::from_utf8_lossy(source).into_owned())
             .unwrap_or_default();
-        let mut event = CloudEvent::new(
-            uuid::Uuid::new_v4().to_string(),
-            source.clone(),
+        let event = audit_event(
+            &source,
             "io.omninode.bridge.audit.record-quarantined",
-            format!("audit/{source}"),
             serde_json::json!({
                 "topic": record.topic,
                 "id": id,
                 "bytes": record_bytes(record),
                 "error": error.to_string(),
                 "file": file.display().to_string(),
-            })
-            .to_string()
-            .into_bytes(),
+            }),
         );
-        event.time = Some(jiff::Timestamp::now().to_string());
-        event.datacontenttype = Some("application/json".into());
-        event.schema_version = Some("1".into());
-        if let Some(delivery) = self.enqueue_best_effort(&self.audit_topic, &event) {
-            tokio::spawn(async move {
-                if !delivered_within(delivery, Duration::from_secs(10)).await {
-                    tracing::debug!("a quarantine audit event was not published");
-                }
-            });
-        }
+        self.send_audit(&self.audit_topic, &event);
         true
     }
 
@@ -1116,6 +1103,19 @@ impl Publisher {
             return None;
         }
         self.send(&kafka_record(topic, event)).ok()
+    }
+
+    /// Sends an audit event without waiting for it: skipped while the breaker is open, and
+    /// logged (debug) when Kafka has not acknowledged it within 10 s. Audit events are best
+    /// effort; they are not spooled.
+    pub fn send_audit(&self, topic: &str, event: &CloudEvent) {
+        if let Some(delivery) = self.enqueue_best_effort(topic, event) {
+            tokio::spawn(async move {
+                if !delivered_within(delivery, Duration::from_secs(10)).await {
+                    tracing::debug!("an audit event was not published (Kafka unavailable)");
+                }
+            });
+        }
     }
 
     /// Delivers what the producer still holds, within `bound`.
@@ -1172,6 +1172,22 @@ fn refused(error: &KafkaError) -> NotDurable {
 
 fn writer_stopped() -> NotDurable {
     NotDurable::Unavailable(SpoolError::Io("the spool writer has stopped".into()))
+}
+
+/// An audit CloudEvent of `ty` from `source`, with `data` as its JSON data, keyed
+/// `audit/<source>`.
+pub fn audit_event(source: &str, ty: &str, data: serde_json::Value) -> CloudEvent {
+    let mut event = CloudEvent::new(
+        uuid::Uuid::new_v4().to_string(),
+        source,
+        ty,
+        format!("audit/{source}"),
+        data.to_string().into_bytes(),
+    );
+    event.time = Some(jiff::Timestamp::now().to_string());
+    event.datacontenttype = Some("application/json".into());
+    event.schema_version = Some("1".into());
+    event
 }
 
 /// Whether Kafka acknowledged `delivery` within `wait`.

@@ -11,7 +11,6 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Request};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use bridge_events::CloudEvent;
 use serde_json::json;
 
 use crate::auth::{AuthFailure, Verifier};
@@ -201,35 +200,19 @@ impl Receiver {
             return;
         }
         tracing::info!(route = %route.name, %peer, %failure, "refused a webhook");
-        let mut event = CloudEvent::new(
-            uuid::Uuid::new_v4().to_string(),
-            route.rules.source.clone(),
+        let mut event = crate::publisher::audit_event(
+            &route.rules.source,
             "io.omninode.bridge.audit.signature-rejected",
-            format!("audit/{}", route.rules.source),
             json!({
                 "route": route.name,
                 "path": route.path,
                 "reason": failure.reason(),
                 "detail": failure.to_string(),
                 "peer": peer.ip().to_string(),
-            })
-            .to_string()
-            .into_bytes(),
+            }),
         );
-        event.time = Some(jiff::Timestamp::now().to_string());
         event.subject = Some(route.name.clone());
-        event.datacontenttype = Some("application/json".into());
-        event.schema_version = Some("1".into());
-        let publisher = self.publisher.clone();
-        let topic = self.audit_topic.clone();
-        tokio::spawn(async move {
-            if !publisher
-                .publish_best_effort(&topic, &event, Duration::from_secs(10))
-                .await
-            {
-                tracing::debug!("an audit event was not published (Kafka unavailable)");
-            }
-        });
+        self.publisher.send_audit(&self.audit_topic, &event);
     }
 }
 
